@@ -1,0 +1,401 @@
+//! Install: the solved packages into a staging prefix, then the `pip:` section.
+//!
+//! Third stage. rattler's installer downloads into the shared package cache (rattler's, so
+//! pixi and rattler users share it) and copies files into the prefix, replacing placeholders.
+//! Hard links are off: the prefix is rewritten later, and the cache must never change.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use rattler::install::{Installer, LinkOptions, Transaction};
+use rattler::package_cache::PackageCache;
+use rattler_conda_types::{PrefixRecord, RepoDataRecord, Subdir};
+
+use crate::report::{SharedReporter, Stage};
+
+/// Errors of installing.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// rattler's installer failed (download, extraction or linking).
+    #[error("cannot install the packages into {}", prefix.display())]
+    Conda {
+        /// The staging prefix.
+        prefix: PathBuf,
+        /// The installer's error.
+        #[source]
+        source: rattler::install::InstallerError,
+    },
+    /// The `pip:` section needs what the environment lacks.
+    #[error("the `pip:` section cannot be installed: {reason}")]
+    PipUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+    /// pip (or uv) could not be started.
+    #[error("cannot run {}", program.display())]
+    PipSpawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// pip (or uv) failed.
+    #[error("`{command}` failed with {status}:\n{output}")]
+    PipFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The tail of what it printed.
+        output: String,
+    },
+    /// Writing the pip requirements file failed.
+    #[error("cannot write {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Installs `records` into `prefix` (created if missing).
+pub async fn install_conda(
+    prefix: &Path,
+    records: Vec<RepoDataRecord>,
+    platform: Subdir,
+    cache_dir: &Path,
+    client: rattler_networking::LazyClient,
+    reporter: SharedReporter,
+) -> Result<(), InstallError> {
+    let total: u64 = records
+        .iter()
+        .map(|r| r.package_record.size.unwrap_or(0))
+        .sum();
+    reporter.on_stage_start(Stage::Install, Some(total));
+    let installer = Installer::new()
+        .with_package_cache(PackageCache::new(
+            cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR),
+        ))
+        .with_download_client(client)
+        .with_target_platform(platform)
+        .with_execute_link_scripts(false)
+        .with_link_options(LinkOptions {
+            allow_hard_links: Some(false),
+            allow_symbolic_links: Some(true),
+            allow_ref_links: Some(true),
+        })
+        .with_reporter(InstallProgress::new(reporter.clone()));
+    installer
+        .install(prefix, records)
+        .await
+        .map_err(|source| InstallError::Conda {
+            prefix: prefix.to_path_buf(),
+            source,
+        })?;
+    reporter.on_stage_end(Stage::Install);
+    Ok(())
+}
+
+/// Forwards rattler's installer events as byte progress: a package counts with its archive
+/// size once it is in the cache (downloaded or found there).
+struct InstallProgress {
+    reporter: SharedReporter,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// cache entry → (package size, bytes reported so far)
+    entries: HashMap<usize, (u64, u64)>,
+    /// download index → cache entry
+    downloads: HashMap<usize, usize>,
+    next: usize,
+}
+
+impl InstallProgress {
+    fn new(reporter: SharedReporter) -> Self {
+        Self {
+            reporter,
+            state: Mutex::new(ProgressState::default()),
+        }
+    }
+}
+
+impl rattler::install::Reporter for InstallProgress {
+    fn on_transaction_start(&self, _t: &Transaction<PrefixRecord, RepoDataRecord>) {}
+    fn on_transaction_operation_start(&self, _operation: usize) {}
+    fn on_populate_cache_start(&self, _operation: usize, record: &RepoDataRecord) -> usize {
+        let mut s = self.state.lock().expect("progress lock");
+        let idx = s.next;
+        s.next += 1;
+        s.entries
+            .insert(idx, (record.package_record.size.unwrap_or(0), 0));
+        idx
+    }
+    fn on_validate_start(&self, cache_entry: usize) -> usize {
+        cache_entry
+    }
+    fn on_validate_complete(&self, _validate_idx: usize) {}
+    fn on_download_start(&self, cache_entry: usize) -> usize {
+        let mut s = self.state.lock().expect("progress lock");
+        s.downloads.insert(cache_entry, cache_entry);
+        cache_entry
+    }
+    fn on_download_progress(&self, download_idx: usize, progress: u64, _total: Option<u64>) {
+        let mut s = self.state.lock().expect("progress lock");
+        let entry = s
+            .downloads
+            .get(&download_idx)
+            .copied()
+            .unwrap_or(download_idx);
+        if let Some((size, done)) = s.entries.get_mut(&entry) {
+            let now = progress.min(*size);
+            if now > *done {
+                self.reporter.on_progress(Stage::Install, now - *done);
+                *done = now;
+            }
+        }
+    }
+    fn on_download_completed(&self, _download_idx: usize) {}
+    fn on_populate_cache_complete(&self, cache_entry: usize) {
+        let mut s = self.state.lock().expect("progress lock");
+        if let Some((size, done)) = s.entries.get_mut(&cache_entry)
+            && *size > *done
+        {
+            self.reporter.on_progress(Stage::Install, *size - *done);
+            *done = *size;
+        }
+    }
+    fn on_unlink_start(&self, _operation: usize, _record: &PrefixRecord) -> usize {
+        0
+    }
+    fn on_unlink_complete(&self, _index: usize) {}
+    fn on_link_start(&self, operation: usize, _record: &RepoDataRecord) -> usize {
+        operation
+    }
+    fn on_link_complete(&self, _index: usize) {}
+    fn on_transaction_operation_complete(&self, _operation: usize) {}
+    fn on_transaction_complete(&self) {}
+    fn on_post_link_start(&self, _package_name: &str, _script_path: &str) -> usize {
+        0
+    }
+    fn on_post_link_complete(&self, _index: usize, _success: bool) {}
+    fn on_pre_unlink_start(&self, _package_name: &str, _script_path: &str) -> usize {
+        0
+    }
+    fn on_pre_unlink_complete(&self, _index: usize, _success: bool) {}
+}
+
+/// Which installer runs the `pip:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipTool {
+    /// `<prefix>/bin/python -m pip`.
+    Pip,
+    /// `uv pip` from PATH, targeting the environment's interpreter.
+    Uv(PathBuf),
+}
+
+impl PipTool {
+    /// uv when it is on PATH (faster, same result), else pip.
+    #[must_use]
+    pub fn detect() -> Self {
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("uv"))
+                    .find(|p| p.is_file())
+            })
+            .map_or(PipTool::Pip, PipTool::Uv)
+    }
+}
+
+/// Checks, before any work, that a `pip:` section can be installed for `platform` on this
+/// host, with the solved `records`.
+pub fn check_pip(
+    platform: Subdir,
+    records: &[RepoDataRecord],
+    tool: &PipTool,
+) -> Result<(), InstallError> {
+    let host = crate::solve::target_platform(None).ok();
+    if !cfg!(target_os = "linux") || host != Some(platform) {
+        return Err(InstallError::PipUnavailable {
+            reason: format!(
+                "pip runs the environment's own interpreter, which cannot run on this host for target platform {platform}"
+            ),
+        });
+    }
+    let has = |name: &str| {
+        records
+            .iter()
+            .any(|r| r.package_record.name.as_normalized() == name)
+    };
+    if !has("python") {
+        return Err(InstallError::PipUnavailable {
+            reason: "the environment has no `python`: add it to `dependencies`".into(),
+        });
+    }
+    if *tool == PipTool::Pip && !has("pip") {
+        return Err(InstallError::PipUnavailable {
+            reason: "the environment has no `pip`: add it to `dependencies`".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the environment's interpreter for `platform` can run on this host.
+pub fn check_pip_platform(platform: Subdir) -> Result<(), InstallError> {
+    let host = crate::solve::target_platform(None).ok();
+    if cfg!(target_os = "linux") && host == Some(platform) {
+        return Ok(());
+    }
+    Err(InstallError::PipUnavailable {
+        reason: format!(
+            "pip runs the environment's own interpreter, which cannot run on this host for target platform {platform}"
+        ),
+    })
+}
+
+/// Installs the `pip:` lines into `prefix`, as conda does: they become a requirements file,
+/// run from the environment file's folder (`base_dir`) so relative paths mean what they say.
+pub fn install_pip(
+    prefix: &Path,
+    lines: &[String],
+    base_dir: &Path,
+    work_dir: &Path,
+    tool: &PipTool,
+    reporter: &SharedReporter,
+) -> Result<(), InstallError> {
+    reporter.on_stage_start(Stage::Pip, None);
+    let requirements = work_dir.join("pip-requirements.txt");
+    let text: String = lines
+        .iter()
+        .map(|l| absolutize_requirement_line(l, base_dir) + "\n")
+        .collect();
+    fs_err::write(&requirements, text).map_err(|source| InstallError::Io {
+        path: requirements.clone(),
+        source,
+    })?;
+    let python = prefix.join("bin/python");
+    let mut cmd = match tool {
+        PipTool::Pip => {
+            let mut c = Command::new(&python);
+            c.args([
+                "-m",
+                "pip",
+                "install",
+                "--no-compile",
+                "--no-warn-script-location",
+                "--disable-pip-version-check",
+                "--no-input",
+            ]);
+            c
+        }
+        PipTool::Uv(uv) => {
+            let mut c = Command::new(uv);
+            c.args(["pip", "install", "--python"]).arg(&python);
+            c
+        }
+    };
+    cmd.arg("-r").arg(&requirements);
+    cmd.current_dir(base_dir)
+        .env("PYTHONNOUSERSITE", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("CONDA_PREFIX");
+    let command = format!("{cmd:?}");
+    tracing::info!("running {command}");
+    let out = cmd.output().map_err(|source| InstallError::PipSpawn {
+        program: cmd.get_program().into(),
+        source,
+    })?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        return Err(InstallError::PipFailed {
+            command,
+            status: out.status,
+            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    tracing::debug!("{}", String::from_utf8_lossy(&out.stdout));
+    reporter.on_stage_end(Stage::Pip);
+    Ok(())
+}
+
+/// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`.
+fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
+    let trimmed = line.trim();
+    for opt in [
+        "-r",
+        "--requirement",
+        "-c",
+        "--constraint",
+        "-e",
+        "--editable",
+        "-f",
+        "--find-links",
+    ] {
+        let rest = trimmed.strip_prefix(opt).filter(|r| {
+            r.starts_with([' ', '=', '\t'])
+                || (opt.len() == 2 && !r.is_empty() && !r.starts_with('-'))
+        });
+        if let Some(rest) = rest {
+            let value = rest.trim_start_matches(['=', ' ', '\t']);
+            if value.contains("://") || Path::new(value).is_absolute() || value.is_empty() {
+                return trimmed.to_string();
+            }
+            return format!("{opt} {}", base_dir.join(value).display());
+        }
+    }
+    if (trimmed.starts_with("./") || trimmed.starts_with("../")) && !trimmed.contains("://") {
+        return base_dir.join(trimmed).display().to_string();
+    }
+    trimmed.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirement_paths_are_anchored_at_the_environment_file() {
+        let base = Path::new("/m");
+        assert_eq!(
+            absolutize_requirement_line("-r requirements.txt", base),
+            "-r /m/requirements.txt"
+        );
+        assert_eq!(
+            absolutize_requirement_line("--requirement=sub/r.txt", base),
+            "--requirement /m/sub/r.txt"
+        );
+        assert_eq!(absolutize_requirement_line("-e ./pkg", base), "-e /m/./pkg");
+        assert_eq!(
+            absolutize_requirement_line("./wheels/x.whl", base),
+            "/m/./wheels/x.whl"
+        );
+        assert_eq!(
+            absolutize_requirement_line("--find-links https://x/y", base),
+            "--find-links https://x/y"
+        );
+        assert_eq!(
+            absolutize_requirement_line("-r /abs/r.txt", base),
+            "-r /abs/r.txt"
+        );
+        assert_eq!(
+            absolutize_requirement_line("mlserver==1.7.1", base),
+            "mlserver==1.7.1"
+        );
+        assert_eq!(
+            absolutize_requirement_line("--index-url https://pypi.example/simple", base),
+            "--index-url https://pypi.example/simple"
+        );
+    }
+}

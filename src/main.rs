@@ -1,0 +1,166 @@
+//! The `envpack` binary: parse arguments, set up output, run the library, render errors.
+
+mod cli;
+mod progress;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use cli::{Cli, Command};
+use envpack::{Error, Settings, Summary};
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Pack(args) => {
+            let sub = matches.subcommand_matches("pack").expect("pack matches");
+            let bars = Arc::new(progress::Bars::new(
+                !args.quiet && !args.no_progress,
+                args.quiet,
+            ));
+            init_logging(args.verbose, bars.clone());
+            let cwd = match std::env::current_dir() {
+                Ok(c) => c,
+                Err(e) => {
+                    return report(&Error::Io {
+                        path: ".".into(),
+                        source: e,
+                    });
+                }
+            };
+            let env = |k: &str| std::env::var(k).ok();
+            let result = Settings::resolve(args.request(sub), &env, &cwd)
+                .and_then(|s| envpack::run(&s, &(bars.clone() as envpack::report::SharedReporter)));
+            match result {
+                Ok(summary) => {
+                    print_summary(&summary, args.json, args.quiet);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(&e),
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8, bars: Arc<progress::Bars>) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "envpack=info,rattler=info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENVPACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let writer = move || SuspendingStderr(bars.clone());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(verbose > 1)
+        .without_time()
+        .try_init();
+}
+
+/// Writes log lines to stderr with the progress bars suspended.
+struct SuspendingStderr(Arc<progress::Bars>);
+
+impl Write for SuspendingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Renders an error once: the message, each cause, then a hint.
+fn report(e: &Error) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let _ = writeln!(err, "  caused by: {s}");
+        source = s.source();
+    }
+    if let Some(hint) = e.hint() {
+        let _ = writeln!(err, "  hint: {hint}");
+    }
+    if e.is_usage() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_summary(s: &Summary, json: bool, quiet: bool) {
+    let mut out = std::io::stdout().lock();
+    let result = if json {
+        serde_json::to_writer_pretty(&mut out, s)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else if s.dry_run {
+        (|| {
+            writeln!(
+                out,
+                "would write {} ({:?}, {})",
+                s.output.display(),
+                s.format,
+                s.platform
+            )?;
+            writeln!(
+                out,
+                "{} packages, {} to download at most:",
+                s.packages.len(),
+                human(s.download_size)
+            )?;
+            for p in &s.packages {
+                writeln!(
+                    out,
+                    "  {:<24} {:<14} {:<24} {}",
+                    p.name, p.version, p.build, p.channel
+                )?;
+            }
+            for l in &s.pip {
+                writeln!(out, "  pip: {l}")?;
+            }
+            Ok(())
+        })()
+    } else if !quiet {
+        writeln!(
+            out,
+            "wrote {} ({}, {} packages, {} files, {} relocatable)",
+            s.output.display(),
+            human(s.size),
+            s.packages.len(),
+            s.members,
+            s.relocated_files
+        )
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = writeln!(std::io::stderr(), "error: cannot write the summary: {e}");
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}

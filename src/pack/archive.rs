@@ -1,0 +1,335 @@
+//! Archive: write the planned members as a deterministic tar stream or a folder, through a
+//! temporary file that is renamed into place only when complete.
+//!
+//! Headers are normalised (owner 0, fixed mtime, modes 0755/0644), members come in plan
+//! order, every file is a regular file (never a hard-link entry), long names use GNU
+//! long-name records. Bytes stream from the prefix through [`super::relocate`] into the
+//! compressor: no file is held in memory.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::compress::{Compression, ParallelEncoder};
+use super::relocate;
+use super::{Body, Member, PackError, PackPlan};
+use crate::report::{SharedReporter, Stage};
+
+/// The modification time of every member: the archive must not depend on when it was built.
+pub const MTIME: u64 = 0;
+
+/// A counting writer that reports progress in bytes of tar stream.
+struct Progress<W> {
+    inner: W,
+    reporter: SharedReporter,
+    pending: u64,
+}
+
+impl<W: Write> Write for Progress<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pending += n as u64;
+        if self.pending >= 1 << 20 {
+            self.reporter.on_progress(Stage::Pack, self.pending);
+            self.pending = 0;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the plan as a tar stream compressed with `compression` to `out` (through a
+/// temporary file beside it). Returns the archive's size.
+pub fn write_tar(
+    plan: &PackPlan,
+    out: &Path,
+    compression: Compression,
+    pool: Arc<rayon::ThreadPool>,
+    reporter: &SharedReporter,
+) -> Result<u64, PackError> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(PackError::io(dir))?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(PackError::io(tmp.path()))?;
+    let encoder = ParallelEncoder::new(BufWriter::with_capacity(1 << 20, file), compression, pool);
+    let mut w = Progress {
+        inner: encoder,
+        reporter: reporter.clone(),
+        pending: 0,
+    };
+    for m in &plan.members {
+        write_member(&mut w, plan, m).map_err(|source| PackError::Write {
+            member: m.path.clone(),
+            source,
+        })?;
+    }
+    // End of archive: two zero blocks.
+    w.write_all(&[0u8; 1024])
+        .map_err(PackError::io(tmp.path()))?;
+    reporter.on_progress(Stage::Pack, w.pending);
+    let buffered = w.inner.finish().map_err(PackError::io(tmp.path()))?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| PackError::io(tmp.path())(e.into_error()))?;
+    file.sync_all().map_err(PackError::io(tmp.path()))?;
+    let size = file.metadata().map_err(PackError::io(tmp.path()))?.len();
+    set_output_mode(tmp.path())?;
+    tmp.persist(out).map_err(|e| PackError::io(out)(e.error))?;
+    Ok(size)
+}
+
+/// 0644 less the umask, as for any file a user creates (never conda-pack's 0600).
+fn set_output_mode(path: &Path) -> Result<(), PackError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o644 & !umask();
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(PackError::io(path))
+}
+
+fn umask() -> u32 {
+    // The umask can only be read by setting it; read it from /proc instead.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(MTIME);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// Writes a GNU long-name (or long-link) record when `name` does not fit in the header.
+fn long_name(w: &mut impl Write, kind: tar::EntryType, name: &[u8]) -> io::Result<()> {
+    let mut h = header(kind, 0o644, name.len() as u64 + 1);
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    w.write_all(h.as_bytes())?;
+    w.write_all(name)?;
+    w.write_all(&[0])?;
+    pad(w, name.len() as u64 + 1)
+}
+
+fn pad(w: &mut impl Write, size: u64) -> io::Result<()> {
+    let rem = (size % 512) as usize;
+    if rem != 0 {
+        w.write_all(&[0u8; 512][..512 - rem])?;
+    }
+    Ok(())
+}
+
+fn write_header(
+    w: &mut impl Write,
+    mut h: tar::Header,
+    name: &str,
+    link: Option<&str>,
+) -> io::Result<()> {
+    let name = name.as_bytes();
+    if name.len() > 100 {
+        long_name(w, tar::EntryType::GNULongName, name)?;
+    }
+    let n = name.len().min(100);
+    h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
+    if let Some(link) = link {
+        let link = link.as_bytes();
+        if link.len() > 100 {
+            long_name(w, tar::EntryType::GNULongLink, link)?;
+        }
+        let n = link.len().min(100);
+        h.as_old_mut().linkname[..n].copy_from_slice(&link[..n]);
+    }
+    h.set_cksum();
+    w.write_all(h.as_bytes())
+}
+
+fn write_member(w: &mut impl Write, plan: &PackPlan, m: &Member) -> io::Result<()> {
+    let name = plan.archive_path(&m.path);
+    match &m.body {
+        Body::Dir => write_header(
+            w,
+            header(tar::EntryType::Directory, 0o755, 0),
+            &format!("{name}/"),
+            None,
+        ),
+        Body::Symlink(target) => write_header(
+            w,
+            header(tar::EntryType::Symlink, 0o777, 0),
+            &name,
+            Some(target),
+        ),
+        Body::Generated { data, executable } => {
+            write_header(
+                w,
+                header(
+                    tar::EntryType::Regular,
+                    mode(*executable),
+                    data.len() as u64,
+                ),
+                &name,
+                None,
+            )?;
+            w.write_all(data)?;
+            pad(w, data.len() as u64)
+        }
+        Body::File {
+            source,
+            size,
+            executable,
+            transform,
+        } => {
+            write_header(
+                w,
+                header(tar::EntryType::Regular, mode(*executable), *size),
+                &name,
+                None,
+            )?;
+            let file = File::open(source)?;
+            let mut limited = LimitWriter {
+                inner: w,
+                left: *size,
+            };
+            let n = relocate::apply(
+                BufReader::with_capacity(256 * 1024, file),
+                &mut limited,
+                transform,
+                plan.source_prefix.as_bytes(),
+                plan.archive_prefix.as_bytes(),
+            )?;
+            if n != *size {
+                return Err(io::Error::other(format!(
+                    "{} changed while it was packed ({n} bytes instead of {size})",
+                    source.display()
+                )));
+            }
+            pad(w, *size)
+        }
+    }
+}
+
+/// Refuses to write more than the header announced (a file that grew while packing).
+struct LimitWriter<'a, W> {
+    inner: &'a mut W,
+    left: u64,
+}
+
+impl<W: Write> Write for LimitWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other("a file grew while it was packed"));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn mode(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
+}
+
+/// Writes the plan as a folder (Triton's folder form), through a temporary folder beside
+/// `out`. Files are always copied, never linked: relocating the folder later must not
+/// touch the package cache.
+pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Result<u64, PackError> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempdir_in(parent)
+        .map_err(PackError::io(parent))?;
+    let mut total = 0u64;
+    for m in &plan.members {
+        let dest = tmp.path().join(plan.archive_path(&m.path));
+        let io_err = |source| PackError::Write {
+            member: m.path.clone(),
+            source,
+        };
+        match &m.body {
+            Body::Dir => fs_err::create_dir_all(&dest).map_err(io_err)?,
+            Body::Symlink(target) => std::os::unix::fs::symlink(target, &dest).map_err(io_err)?,
+            Body::Generated { data, executable } => {
+                fs_err::write(&dest, data).map_err(io_err)?;
+                fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(mode(*executable)))
+                    .map_err(io_err)?;
+                total += data.len() as u64;
+            }
+            Body::File {
+                source,
+                executable,
+                transform,
+                size,
+            } => {
+                let mut w = BufWriter::new(File::create(&dest).map_err(io_err)?);
+                relocate::apply(
+                    BufReader::new(File::open(source).map_err(io_err)?),
+                    &mut w,
+                    transform,
+                    plan.source_prefix.as_bytes(),
+                    plan.archive_prefix.as_bytes(),
+                )
+                .map_err(io_err)?;
+                w.flush().map_err(io_err)?;
+                fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(mode(*executable)))
+                    .map_err(io_err)?;
+                total += size;
+                reporter.on_progress(Stage::Pack, *size);
+            }
+        }
+    }
+    let kept: PathBuf = tmp.keep();
+    if out.exists() {
+        fs_err::remove_dir_all(out).map_err(PackError::io(out))?;
+    }
+    fs_err::rename(&kept, out).map_err(PackError::io(out))?;
+    Ok(total)
+}
+
+/// Maps a format to its compression (`None` for a folder).
+#[must_use]
+pub fn compression_for(format: super::Format, level: Option<i32>) -> Option<Compression> {
+    match format {
+        super::Format::TarGz => Some(Compression::Gzip {
+            level: level.map_or(4, |l| l.clamp(0, 9).unsigned_abs()),
+        }),
+        super::Format::TarZst => Some(Compression::Zstd {
+            level: level.map_or(3, |l| l.clamp(1, 22)),
+        }),
+        super::Format::Tar => Some(Compression::None),
+        super::Format::Dir => None,
+    }
+}

@@ -1,0 +1,810 @@
+//! Pack: a prefix in, a relocatable, conda-pack compatible archive out.
+//!
+//! Fourth stage, in three steps: [`plan`] walks the prefix (`walk`), scans every file for
+//! the prefix path in parallel and decides each member's bytes (`relocate`, `scripts`);
+//! [`execute`] streams the members into a tar or a folder (`archive`) through the parallel
+//! compressor (`compress`). The plan is what `--dry-run` shows.
+
+pub mod archive;
+pub mod compress;
+pub mod relocate;
+pub mod scripts;
+pub mod walk;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::report::{SharedReporter, Stage};
+use relocate::{Mode, Transform};
+use scripts::Relocation;
+pub use walk::Filter;
+
+/// The prefix every archive holds in place of the build prefix (unless `--dest-prefix`).
+/// Short enough to fit any placeholder; `conda-unpack` or self-relocation replace it.
+pub const ARCHIVE_PREFIX: &str = "/__envpack_placeholder_prefix__";
+
+/// Errors of packing.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The prefix has no `conda-meta` folder.
+    #[error("{} is not a conda environment (no conda-meta folder)", prefix.display())]
+    NotAnEnvironment {
+        /// The prefix.
+        prefix: PathBuf,
+    },
+    /// A `conda-meta` record that does not parse.
+    #[error("cannot read the conda record {}", path.display())]
+    Record {
+        /// The record.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Editable pip installs point at source trees outside the environment.
+    #[error("the environment has editable packages, which cannot be packed: {}", packages.join(", "))]
+    Editable {
+        /// The distributions.
+        packages: Vec<String>,
+    },
+    /// Files conda installed are gone.
+    #[error("{} files managed by conda are missing from the environment, e.g. {}", files.len(), files.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    MissingFiles {
+        /// The missing paths.
+        files: Vec<String>,
+    },
+    /// A path that is not UTF-8.
+    #[error("{} is not valid UTF-8", path.display())]
+    NonUtf8Path {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The output exists and `--force` was not given.
+    #[error("{} already exists", path.display())]
+    OutputExists {
+        /// The output.
+        path: PathBuf,
+    },
+    /// The destination prefix cannot hold the environment.
+    #[error("cannot relocate {} to {dest}", path)]
+    Relocate {
+        /// The file.
+        path: String,
+        /// The destination prefix.
+        dest: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a member failed.
+    #[error("cannot write {member}")]
+    Write {
+        /// The member.
+        member: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O error on a path.
+    #[error("I/O error on {}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PackError {
+    /// A closure mapping an I/O error on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
+        move |source| PackError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The kind of output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// gzip-compressed tar: what Triton, MLServer and conda-pack users expect.
+    TarGz,
+    /// zstd-compressed tar.
+    TarZst,
+    /// Plain tar.
+    Tar,
+    /// A folder (Triton 23.07+ uses it in place).
+    Dir,
+}
+
+impl Format {
+    /// The format an output name implies, if any.
+    #[must_use]
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?;
+        if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            Some(Format::TarGz)
+        } else if name.ends_with(".tar.zst") || name.ends_with(".tzst") {
+            Some(Format::TarZst)
+        } else if name.ends_with(".tar") {
+            Some(Format::Tar)
+        } else {
+            None
+        }
+    }
+
+    /// Parses `--format` values (conda-pack's names included).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "tar.gz" | "tgz" | "gz" | "gzip" => Some(Format::TarGz),
+            "tar.zst" | "zst" | "zstd" => Some(Format::TarZst),
+            "tar" => Some(Format::Tar),
+            "dir" | "no-archive" | "folder" => Some(Format::Dir),
+            _ => None,
+        }
+    }
+
+    /// The usual file name extension.
+    #[must_use]
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::TarGz => ".tar.gz",
+            Format::TarZst => ".tar.zst",
+            Format::Tar => ".tar",
+            Format::Dir => "",
+        }
+    }
+}
+
+/// How to pack.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Output format.
+    pub format: Format,
+    /// Compression level (gzip 0-9, zstd 1-22).
+    pub level: Option<i32>,
+    /// A folder inside the archive that holds the environment.
+    pub arcroot: Option<String>,
+    /// Relocate for this final location at pack time.
+    pub dest_prefix: Option<String>,
+    /// `--include`/`--exclude`, in order.
+    pub filters: Vec<Filter>,
+    /// Add the self-relocation hooks.
+    pub auto_relocate: bool,
+    /// URL prefixes to rewrite in `conda-meta` (mirror → canonical).
+    pub url_rewrites: Vec<(String, String)>,
+    /// Missing managed files are not an error.
+    pub ignore_missing_files: bool,
+    /// Editable installs are not an error.
+    pub ignore_editable_packages: bool,
+    /// The environment file's `variables:`.
+    pub variables: Vec<(String, String)>,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        Self {
+            format: Format::TarGz,
+            level: None,
+            arcroot: None,
+            dest_prefix: None,
+            filters: Vec::new(),
+            auto_relocate: true,
+            url_rewrites: Vec::new(),
+            ignore_missing_files: false,
+            ignore_editable_packages: false,
+            variables: Vec::new(),
+        }
+    }
+}
+
+/// The bytes of one member.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// A directory.
+    Dir,
+    /// A symlink with this target.
+    Symlink(String),
+    /// A file from the prefix, transformed while streaming.
+    File {
+        /// Where it is.
+        source: PathBuf,
+        /// Its size in the archive.
+        size: u64,
+        /// Executable bit.
+        executable: bool,
+        /// What happens to its bytes.
+        transform: Transform,
+    },
+    /// Bytes envpack made.
+    Generated {
+        /// The content.
+        data: Vec<u8>,
+        /// Executable bit.
+        executable: bool,
+    },
+}
+
+/// One archive member.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Path relative to the environment root.
+    pub path: String,
+    /// Its content.
+    pub body: Body,
+}
+
+/// Everything [`execute`] will write.
+#[derive(Debug)]
+pub struct PackPlan {
+    /// The prefix packed.
+    pub prefix: PathBuf,
+    /// The prefix string files hold on disk.
+    pub source_prefix: String,
+    /// The prefix string files hold in the archive.
+    pub archive_prefix: String,
+    /// Folder inside the archive.
+    pub arcroot: Option<String>,
+    /// Members, in archive order.
+    pub members: Vec<Member>,
+    /// Files that hold the archive prefix.
+    pub relocations: Vec<Relocation>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+    /// Output format.
+    pub format: Format,
+    /// Compression level.
+    pub level: Option<i32>,
+}
+
+impl PackPlan {
+    /// Total bytes of file content.
+    #[must_use]
+    pub fn content_bytes(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| match &m.body {
+                Body::File { size, .. } => *size,
+                Body::Generated { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The member's name in the archive.
+    #[must_use]
+    pub fn archive_path(&self, rel: &str) -> String {
+        match &self.arcroot {
+            Some(root) if !rel.is_empty() => format!("{root}/{rel}"),
+            Some(root) => root.clone(),
+            None => rel.to_string(),
+        }
+    }
+}
+
+/// One scanned member, with what it adds to the plan.
+struct Scanned {
+    member: Member,
+    relocation: Option<Relocation>,
+    warning: Option<String>,
+}
+
+impl Scanned {
+    fn plain(member: Member) -> Self {
+        Self {
+            member,
+            relocation: None,
+            warning: None,
+        }
+    }
+}
+
+/// Plans the archive of `prefix`.
+pub fn plan(
+    prefix: &Path,
+    options: &PackOptions,
+    pool: &rayon::ThreadPool,
+    reporter: &SharedReporter,
+) -> Result<PackPlan, PackError> {
+    let prefix = fs_err::canonicalize(prefix).map_err(PackError::io(prefix))?;
+    let source_prefix = prefix
+        .to_str()
+        .ok_or_else(|| PackError::NonUtf8Path {
+            path: prefix.clone(),
+        })?
+        .to_string();
+    let archive_prefix = options.dest_prefix.clone().map_or_else(
+        || ARCHIVE_PREFIX.to_string(),
+        |d| d.trim_end_matches('/').to_string(),
+    );
+    let records = walk::read_records(&prefix)?;
+    let found = walk::walk(&prefix, &options.filters)?;
+    let mut warnings = check(&prefix, &found, &records, options)?;
+    let hook_dir = options
+        .auto_relocate
+        .then(|| site_packages(&found))
+        .flatten();
+    let found: Vec<walk::Found> = found
+        .into_iter()
+        .filter(|f| records.files.contains_key(&f.path) || !replaced_or_runtime(&f.path))
+        .collect();
+
+    // Scan every file for the prefix, in parallel.
+    reporter.on_stage_start(Stage::Scan, Some(found.len() as u64));
+    let scanned: Vec<Result<Scanned, PackError>> = pool.install(|| {
+        found
+            .par_iter()
+            .map(|f| {
+                let r = member_for(
+                    &prefix,
+                    f,
+                    &records,
+                    options,
+                    source_prefix.as_bytes(),
+                    archive_prefix.as_bytes(),
+                );
+                reporter.on_progress(Stage::Scan, 1);
+                r
+            })
+            .collect()
+    });
+    reporter.on_stage_end(Stage::Scan);
+    let mut members = Vec::with_capacity(scanned.len() + 16);
+    let mut relocations = Vec::new();
+    for s in scanned {
+        let s = s?;
+        members.push(s.member);
+        relocations.extend(s.relocation);
+        warnings.extend(s.warning);
+    }
+    relocations.sort();
+    add_generated(
+        &mut members,
+        &relocations,
+        &archive_prefix,
+        hook_dir.as_deref(),
+        options,
+    );
+    add_parent_dirs(&mut members);
+    let arcroot = options
+        .arcroot
+        .as_deref()
+        .map(|r| r.trim_matches('/').to_string())
+        .filter(|r| !r.is_empty());
+    if arcroot.is_some() {
+        // The root folder itself.
+        members.insert(
+            0,
+            Member {
+                path: String::new(),
+                body: Body::Dir,
+            },
+        );
+    }
+    Ok(PackPlan {
+        prefix,
+        source_prefix,
+        archive_prefix,
+        arcroot,
+        members,
+        relocations,
+        warnings,
+        format: options.format,
+        level: options.level,
+    })
+}
+
+/// conda-pack's checks: editable installs and missing managed files are errors unless
+/// ignored (then warnings).
+fn check(
+    prefix: &Path,
+    found: &[walk::Found],
+    records: &walk::Records,
+    options: &PackOptions,
+) -> Result<Vec<String>, PackError> {
+    let mut warnings = Vec::new();
+    let editable = walk::editable_installs(prefix, found);
+    if !editable.is_empty() {
+        if !options.ignore_editable_packages {
+            return Err(PackError::Editable { packages: editable });
+        }
+        warnings.push(format!(
+            "editable packages point outside the environment and will not work where it is unpacked: {}",
+            editable.join(", ")
+        ));
+    }
+    let missing: Vec<String> = walk::missing_files(prefix, records)
+        .into_iter()
+        .filter(|p| walk::included(p, &options.filters))
+        .collect();
+    if !missing.is_empty() {
+        if !options.ignore_missing_files {
+            return Err(PackError::MissingFiles { files: missing });
+        }
+        warnings.push(format!(
+            "{} managed files are missing and were skipped",
+            missing.len()
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The one `lib/python3.X/site-packages` folder, if there is exactly one.
+fn site_packages(found: &[walk::Found]) -> Option<String> {
+    let dirs: Vec<&str> = found
+        .iter()
+        .filter(|f| f.kind == walk::Kind::Dir && is_site_packages(&f.path))
+        .map(|f| f.path.as_str())
+        .collect();
+    (dirs.len() == 1).then(|| dirs[0].to_string())
+}
+
+/// Unmanaged files that envpack generates anew, and runtime leftovers (byte code, caches,
+/// rattler's cache tag) that would make the archive depend on what ran in the prefix.
+fn replaced_or_runtime(p: &str) -> bool {
+    scripts::GENERATED.contains(&p)
+        || matches!(
+            p,
+            "bin/conda" | "CACHEDIR.TAG" | "conda-meta/history" | "conda-meta/state"
+        )
+        || p == scripts::DATA_DIR
+        || p.starts_with("share/envpack/")
+        || scripts::HOOK_NAMES
+            .iter()
+            .any(|h| p.ends_with(&format!("site-packages/{h}")))
+        || p.ends_with(".pyc")
+        || p.ends_with("/__pycache__")
+}
+
+/// Adds what envpack generates, replacing members of the same path.
+fn add_generated(
+    members: &mut Vec<Member>,
+    relocations: &[Relocation],
+    archive_prefix: &str,
+    hook_dir: Option<&str>,
+    options: &PackOptions,
+) {
+    let mut add = |path: &str, data: Vec<u8>, executable: bool| {
+        members.retain(|m| m.path != path);
+        members.push(Member {
+            path: path.to_string(),
+            body: Body::Generated { data, executable },
+        });
+    };
+    add("bin/activate", scripts::ACTIVATE.as_bytes().to_vec(), true);
+    add(
+        "bin/deactivate",
+        scripts::DEACTIVATE.as_bytes().to_vec(),
+        true,
+    );
+    add(
+        "bin/conda-unpack",
+        scripts::CONDA_UNPACK.as_bytes().to_vec(),
+        true,
+    );
+    add("conda-meta/history", Vec::new(), false);
+    add(
+        scripts::RELOCATIONS,
+        scripts::relocations_json(archive_prefix, relocations),
+        false,
+    );
+    add(scripts::LOCATION, archive_prefix.as_bytes().to_vec(), false);
+    if options.auto_relocate {
+        add(scripts::AUTO_RELOCATE, Vec::new(), false);
+    }
+    if let Some(dir) = hook_dir {
+        add(
+            &format!("{dir}/{}", scripts::HOOK_NAMES[0]),
+            scripts::HOOK_MODULE.as_bytes().to_vec(),
+            false,
+        );
+        add(
+            &format!("{dir}/{}", scripts::HOOK_NAMES[1]),
+            scripts::HOOK_PTH.as_bytes().to_vec(),
+            false,
+        );
+    }
+    if let Some((on, off)) = scripts::variable_scripts(&options.variables) {
+        add("etc/conda/activate.d/envpack-variables.sh", on, false);
+        add("etc/conda/deactivate.d/envpack-variables.sh", off, false);
+        add(
+            "conda-meta/state",
+            scripts::conda_state(&options.variables),
+            false,
+        );
+    }
+}
+
+/// Adds the missing parent folders of every member, then sorts into archive order.
+fn add_parent_dirs(members: &mut Vec<Member>) {
+    let present: BTreeSet<String> = members.iter().map(|m| m.path.clone()).collect();
+    let mut dirs = BTreeSet::new();
+    for m in members.iter() {
+        let mut p = m.path.as_str();
+        while let Some(i) = p.rfind('/') {
+            p = &p[..i];
+            if !present.contains(p) {
+                dirs.insert(p.to_string());
+            }
+        }
+    }
+    members.extend(dirs.into_iter().map(|path| Member {
+        path,
+        body: Body::Dir,
+    }));
+    members.sort_by(|a, b| a.path.cmp(&b.path));
+}
+
+fn is_site_packages(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == 3
+        && parts[0] == "lib"
+        && parts[1].starts_with("python3")
+        && parts[2] == "site-packages"
+}
+
+/// Decides one member: its transform, size, and relocation record.
+fn member_for(
+    prefix: &Path,
+    f: &walk::Found,
+    records: &walk::Records,
+    options: &PackOptions,
+    from: &[u8],
+    to: &[u8],
+) -> Result<Scanned, PackError> {
+    let path = f.path.clone();
+    match &f.kind {
+        walk::Kind::Dir => Ok(Scanned::plain(Member {
+            path,
+            body: Body::Dir,
+        })),
+        walk::Kind::Symlink { target } => {
+            let (target, warning) = symlink_target(&path, target, from);
+            Ok(Scanned {
+                member: Member {
+                    path,
+                    body: Body::Symlink(target),
+                },
+                relocation: None,
+                warning,
+            })
+        }
+        walk::Kind::File { .. } if path.starts_with("conda-meta/") && path.ends_with(".json") => {
+            let source = prefix.join(&path);
+            let raw = fs_err::read(&source).map_err(PackError::io(&source))?;
+            let data = relocate::scrub_record(
+                &raw,
+                &options.url_rewrites,
+                &String::from_utf8_lossy(from),
+                &String::from_utf8_lossy(to),
+            )
+            .map_err(|e| PackError::Record {
+                path: source,
+                source: e,
+            })?;
+            Ok(Scanned::plain(Member {
+                path,
+                body: Body::Generated {
+                    data,
+                    executable: false,
+                },
+            }))
+        }
+        walk::Kind::File { size, executable } => file_member(
+            prefix,
+            path,
+            *size,
+            *executable,
+            records.files.get(&f.path),
+            from,
+            to,
+        ),
+    }
+}
+
+/// A file from the prefix: scanned once for the prefix, its transform decided, and its
+/// archive size computed (which also proves the rewrite fits).
+fn file_member(
+    prefix: &Path,
+    path: String,
+    size: u64,
+    executable: bool,
+    managed: Option<&walk::Managed>,
+    from: &[u8],
+    to: &[u8],
+) -> Result<Scanned, PackError> {
+    let source = prefix.join(&path);
+    let open = || {
+        fs_err::File::open(&source)
+            .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
+            .map_err(PackError::io(&source))
+    };
+    let scan = relocate::scan(open()?, from).map_err(PackError::io(&source))?;
+    let mut warning = None;
+    let in_bin = path.strip_prefix("bin/").is_some_and(|n| !n.contains('/'));
+    let shebang = scan
+        .shebang
+        .as_deref()
+        .filter(|_| in_bin && scan.utf8)
+        .and_then(|l| relocate::shebang_for(l, from));
+    let mode = match managed {
+        _ if scan.count == 0 => None,
+        Some(walk::Managed {
+            placeholder,
+            binary: true,
+        }) => Some(Mode::Binary {
+            room: placeholder.as_ref().map_or(0, String::len).max(from.len()),
+        }),
+        _ if scan.utf8 => Some(Mode::Text),
+        _ => {
+            warning = Some(format!(
+                "{path}: a binary file not installed by conda holds the build prefix; it can only be relocated to paths of at most {} characters",
+                from.len()
+            ));
+            Some(Mode::Binary { room: from.len() })
+        }
+    };
+    // A rewritten shebang held one occurrence; the rest of the file needs a record only if
+    // it holds more.
+    let left = scan.count - u64::from(shebang.is_some());
+    let relocation = match mode {
+        Some(Mode::Text) if left > 0 => Some(Relocation {
+            path: path.clone(),
+            mode: "text",
+            room: 0,
+        }),
+        Some(Mode::Binary { room }) => Some(Relocation {
+            path: path.clone(),
+            mode: "binary",
+            room,
+        }),
+        _ => None,
+    };
+    let transform = Transform { mode, shebang };
+    let out_size = if transform.mode.is_none() && transform.shebang.is_none() {
+        size
+    } else {
+        let mut counter = Counter(0);
+        relocate::apply(open()?, &mut counter, &transform, from, to).map_err(|e| {
+            PackError::Relocate {
+                path: path.clone(),
+                dest: String::from_utf8_lossy(to).into_owned(),
+                source: e,
+            }
+        })?;
+        counter.0
+    };
+    Ok(Scanned {
+        member: Member {
+            path,
+            body: Body::File {
+                source,
+                size: out_size,
+                executable,
+                transform,
+            },
+        },
+        relocation,
+        warning,
+    })
+}
+
+struct Counter(u64);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Symlinks into the prefix become relative; others are kept, with a warning.
+fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<String>) {
+    let t = target.to_string_lossy().into_owned();
+    let prefix = String::from_utf8_lossy(prefix);
+    if let Some(inside) = t
+        .strip_prefix(prefix.as_ref())
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        let depth = path.matches('/').count();
+        let rel = format!("{}{inside}", "../".repeat(depth));
+        return (rel, None);
+    }
+    if t.starts_with('/') {
+        return (
+            t.clone(),
+            Some(format!("{path}: symlink to {t} outside the environment")),
+        );
+    }
+    // Relative: does it leave the tree?
+    let mut depth: i64 = i64::try_from(path.matches('/').count()).unwrap_or(0);
+    for c in t.split('/') {
+        match c {
+            ".." => depth -= 1,
+            "." | "" => {}
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return (
+                t.clone(),
+                Some(format!("{path}: symlink to {t} leaves the environment")),
+            );
+        }
+    }
+    (t, None)
+}
+
+/// Writes the plan. Returns the output's size in bytes.
+pub fn execute(
+    plan: &PackPlan,
+    output: &Path,
+    pool: Arc<rayon::ThreadPool>,
+    reporter: &SharedReporter,
+) -> Result<u64, PackError> {
+    reporter.on_stage_start(Stage::Pack, Some(plan.content_bytes()));
+    let size = match archive::compression_for(plan.format, plan.level) {
+        Some(c) => archive::write_tar(plan, output, c, pool, reporter)?,
+        None => archive::write_dir(plan, output, reporter)?,
+    };
+    reporter.on_stage_end(Stage::Pack);
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(
+            Format::from_path(Path::new("a/model-conda.tar.gz")),
+            Some(Format::TarGz)
+        );
+        assert_eq!(Format::from_path(Path::new("x.tgz")), Some(Format::TarGz));
+        assert_eq!(
+            Format::from_path(Path::new("x.tar.zst")),
+            Some(Format::TarZst)
+        );
+        assert_eq!(Format::from_path(Path::new("x.tar")), Some(Format::Tar));
+        assert_eq!(Format::from_path(Path::new("env")), None);
+        assert_eq!(Format::parse("no-archive"), Some(Format::Dir));
+    }
+
+    #[test]
+    fn symlinks_into_the_prefix_become_relative() {
+        let p = b"/stage/env";
+        assert_eq!(
+            symlink_target("lib/libz.so", Path::new("/stage/env/lib/libz.so.1"), p),
+            ("../lib/libz.so.1".into(), None)
+        );
+        assert_eq!(
+            symlink_target("bin/python", Path::new("python3.11"), p),
+            ("python3.11".into(), None)
+        );
+        assert!(
+            symlink_target("lib/x", Path::new("/usr/lib/x"), p)
+                .1
+                .is_some()
+        );
+        assert!(
+            symlink_target("lib/x", Path::new("../../etc/passwd"), p)
+                .1
+                .is_some()
+        );
+        assert!(
+            symlink_target("lib/x", Path::new("../bin/y"), p)
+                .1
+                .is_none()
+        );
+    }
+}

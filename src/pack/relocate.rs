@@ -1,0 +1,556 @@
+//! Relocate: rewrite the paths a prefix embeds, as bytes stream into the archive.
+//!
+//! Files installed into the staging prefix hold its path (text files anywhere, binary files
+//! inside NUL-terminated C strings). While packing, each is rewritten to hold the archive
+//! prefix instead, so the archive does not depend on where it was built; `bin/` shebangs
+//! become location-independent; `conda-meta` records lose their build-machine paths.
+//! Everything here streams with a bounded buffer.
+
+use std::io::{self, Read, Write};
+
+use memchr::memmem;
+
+/// How one file's occurrences of the prefix are rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every occurrence, as bytes; the file changes length.
+    Text,
+    /// Inside C strings, length kept. `room` is the length of the placeholder the file was
+    /// built with: a string may grow into the NUL padding that placeholder left.
+    Binary {
+        /// Original placeholder length.
+        room: usize,
+    },
+}
+
+/// What to do to one file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transform {
+    /// Replace `from` by `to` in this mode, if the file holds `from`.
+    pub mode: Option<Mode>,
+    /// A new first line (with its newline) replacing the file's first line.
+    pub shebang: Option<Vec<u8>>,
+}
+
+/// The result of scanning one file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Occurrences of the needle.
+    pub count: u64,
+    /// Whether the whole file is valid UTF-8 (conda-pack's text test).
+    pub utf8: bool,
+    /// The first line (without newline) when the file starts with `#!`, up to 4 KiB.
+    pub shebang: Option<Vec<u8>>,
+}
+
+const CHUNK: usize = 256 * 1024;
+/// Longest C string we follow while looking for its terminator.
+const MAX_CSTRING: usize = 16 * 1024 * 1024;
+
+/// Counts `needle` in a stream and checks it for UTF-8, reading it once.
+pub fn scan(mut reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
+    let finder = memmem::Finder::new(needle);
+    let mut buf = vec![0u8; CHUNK + needle.len()];
+    let mut carry = 0usize; // bytes kept from the previous chunk
+    let mut utf8_tail: Vec<u8> = Vec::new();
+    let mut result = Scan {
+        utf8: true,
+        ..Scan::default()
+    };
+    let mut first = true;
+    loop {
+        let n = read_full(&mut reader, &mut buf[carry..carry + CHUNK])?;
+        let len = carry + n;
+        if first {
+            first = false;
+            if buf[..len].starts_with(b"#!") {
+                let end = memchr::memchr(b'\n', &buf[..len.min(4096)]).unwrap_or(len.min(4096));
+                result.shebang = Some(buf[..end].to_vec());
+            }
+        }
+        // Occurrences that start in this window and end inside it.
+        let mut from = 0;
+        while let Some(i) = finder.find(&buf[from..len]) {
+            result.count += 1;
+            from += i + needle.len();
+        }
+        if result.utf8 {
+            utf8_tail.extend_from_slice(&buf[carry..len]);
+            match std::str::from_utf8(&utf8_tail) {
+                Ok(_) => utf8_tail.clear(),
+                Err(e) if e.error_len().is_none() && n > 0 => {
+                    let keep = utf8_tail.split_off(e.valid_up_to());
+                    utf8_tail = keep;
+                }
+                Err(_) => result.utf8 = false,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        // Keep the last needle-1 bytes not already part of a match.
+        let keep = (needle.len().saturating_sub(1)).min(len - from.min(len));
+        buf.copy_within(len - keep..len, 0);
+        carry = keep;
+    }
+    Ok(result)
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Applies `t`, replacing `from` by `to`, from `reader` to `writer`. Returns bytes written.
+pub fn apply(
+    mut reader: impl Read,
+    writer: &mut impl Write,
+    t: &Transform,
+    from: &[u8],
+    to: &[u8],
+) -> io::Result<u64> {
+    let mut written = 0u64;
+    if let Some(line) = &t.shebang {
+        // Skip the old first line.
+        let mut byte = [0u8; 1];
+        loop {
+            if reader.read(&mut byte)? == 0 || byte[0] == b'\n' {
+                break;
+            }
+        }
+        writer.write_all(line)?;
+        written += line.len() as u64;
+    }
+    match t.mode {
+        None => written += io::copy(&mut reader, writer)?,
+        Some(Mode::Text) => written += replace_text(reader, writer, from, to)?,
+        Some(Mode::Binary { room }) => written += replace_binary(reader, writer, from, to, room)?,
+    }
+    Ok(written)
+}
+
+/// Replaces every occurrence, streaming.
+fn replace_text(
+    mut reader: impl Read,
+    writer: &mut impl Write,
+    from: &[u8],
+    to: &[u8],
+) -> io::Result<u64> {
+    let finder = memmem::Finder::new(from);
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + from.len());
+    let mut written = 0u64;
+    let mut eof = false;
+    while !eof {
+        let start = buf.len();
+        buf.resize(start + CHUNK, 0);
+        let n = read_full(&mut reader, &mut buf[start..])?;
+        buf.truncate(start + n);
+        eof = n == 0;
+        let search_end = if eof {
+            buf.len()
+        } else {
+            buf.len().saturating_sub(from.len() - 1)
+        };
+        let mut pos = 0;
+        while let Some(i) = finder.find(&buf[pos..]) {
+            let at = pos + i;
+            if at >= search_end {
+                break;
+            }
+            writer.write_all(&buf[pos..at])?;
+            writer.write_all(to)?;
+            written += (at - pos + to.len()) as u64;
+            pos = at + from.len();
+        }
+        let flush_to = search_end.max(pos);
+        writer.write_all(&buf[pos..flush_to])?;
+        written += (flush_to - pos) as u64;
+        buf.drain(..flush_to);
+    }
+    Ok(written)
+}
+
+/// Replaces occurrences inside C strings keeping the length: a string that shrinks is padded
+/// with NULs before its terminator; one that grows uses the NULs its placeholder left
+/// (`room`), which must really be NULs.
+fn replace_binary(
+    mut reader: impl Read,
+    writer: &mut impl Write,
+    from: &[u8],
+    to: &[u8],
+    room: usize,
+) -> io::Result<u64> {
+    let finder = memmem::Finder::new(from);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    let mut eof = false;
+    let mut written = 0u64;
+    let fill = |buf: &mut Vec<u8>, reader: &mut dyn Read| -> io::Result<bool> {
+        let start = buf.len();
+        buf.resize(start + CHUNK, 0);
+        let mut r = reader;
+        let n = read_full(&mut r, &mut buf[start..])?;
+        buf.truncate(start + n);
+        Ok(n == 0)
+    };
+    loop {
+        if let Some(i) = finder.find(&buf[pos..]) {
+            let at = pos + i;
+            // Find the terminator, reading on if needed.
+            let nul = loop {
+                if let Some(n) = memchr::memchr(0, &buf[at + from.len()..]) {
+                    break at + from.len() + n;
+                }
+                if eof {
+                    break buf.len();
+                }
+                if buf.len() - at > MAX_CSTRING {
+                    return Err(io::Error::other(
+                        "a string holding the prefix has no terminator within 16 MiB",
+                    ));
+                }
+                eof = fill(&mut buf, &mut reader)?;
+            };
+            let segment = &buf[at..nul];
+            let k = memmem::find_iter(segment, from).count();
+            let replaced = replace_all(segment, &finder, from, to);
+            let grow = to.len().saturating_sub(from.len()) * k;
+            let region_end = if grow > 0 {
+                let allowed = room.saturating_sub(from.len()) * k;
+                if grow > allowed {
+                    return Err(io::Error::other(format!(
+                        "the new prefix ({} bytes) is longer than this binary file's placeholder allows ({room} bytes)",
+                        to.len()
+                    )));
+                }
+                while buf.len() < nul + 1 + grow && !eof {
+                    eof = fill(&mut buf, &mut reader)?;
+                }
+                let end = nul + 1 + grow;
+                if end > buf.len() || buf[nul..end].iter().any(|&b| b != 0) {
+                    return Err(io::Error::other(
+                        "no room to grow a string holding the prefix (the bytes after it are not padding)",
+                    ));
+                }
+                end
+            } else {
+                (nul + 1).min(buf.len())
+            };
+            writer.write_all(&buf[pos..at])?;
+            writer.write_all(&replaced)?;
+            let pad = region_end - at - replaced.len();
+            writer.write_all(&vec![0u8; pad])?;
+            written += (region_end - pos) as u64;
+            pos = region_end;
+        } else {
+            let keep = if eof { 0 } else { from.len() - 1 };
+            let end = buf.len().saturating_sub(keep).max(pos);
+            writer.write_all(&buf[pos..end])?;
+            written += (end - pos) as u64;
+            pos = end;
+            if eof {
+                break;
+            }
+            buf.drain(..pos);
+            pos = 0;
+            eof = fill(&mut buf, &mut reader)?;
+        }
+    }
+    Ok(written)
+}
+
+fn replace_all(hay: &[u8], finder: &memmem::Finder, from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut pos = 0;
+    while let Some(i) = finder.find(&hay[pos..]) {
+        out.extend_from_slice(&hay[pos..pos + i]);
+        out.extend_from_slice(to);
+        pos += i + from.len();
+    }
+    out.extend_from_slice(&hay[pos..]);
+    out
+}
+
+/// A location-independent first line for a `bin/` script whose shebang points into `prefix`
+/// (`#!<prefix>/bin/<exe> [args]`), or `None` when it points elsewhere.
+///
+/// Without arguments this is conda-pack's `#!/usr/bin/env <exe>`. With arguments `env` would
+/// get them as one word on Linux, so Python scripts get a `/bin/sh` trampoline that runs the
+/// interpreter next to the script, and others `env -S`.
+#[must_use]
+pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
+    let rest = line.strip_prefix(b"#!")?;
+    let rest = rest.trim_ascii_start();
+    let after = rest.strip_prefix(prefix)?.strip_prefix(b"/bin/")?;
+    let text = std::str::from_utf8(after)
+        .ok()?
+        .trim_end_matches('\r')
+        .trim_end();
+    let (exe, args) = match text.split_once([' ', '\t']) {
+        Some((e, a)) => (e, a.trim()),
+        None => (text, ""),
+    };
+    if exe.is_empty() || exe.contains('/') {
+        return None;
+    }
+    Some(if args.is_empty() {
+        format!("#!/usr/bin/env {exe}\n")
+    } else if exe.starts_with("python") {
+        format!(
+            "#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\" {args} \"$0\" \"$@\"\n' '''\n"
+        )
+    } else {
+        format!("#!/usr/bin/env -S {exe} {args}\n")
+    }
+    .into_bytes())
+}
+
+/// A `conda-meta` record without build-machine paths: `extracted_package_dir`,
+/// `package_tarball_full_path` and `link.source` emptied (as conda-pack does), URLs of
+/// mirrors mapped back to their canonical channels, and `from` replaced by `to`.
+pub fn scrub_record(
+    json: &[u8],
+    rewrites: &[(String, String)],
+    from: &str,
+    to: &str,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut v: serde_json::Value = serde_json::from_slice(json)?;
+    if let Some(obj) = v.as_object_mut() {
+        for key in ["extracted_package_dir", "package_tarball_full_path"] {
+            if obj.contains_key(key) {
+                obj.insert(key.into(), serde_json::Value::String(String::new()));
+            }
+        }
+        if let Some(link) = obj.get_mut("link").and_then(|l| l.as_object_mut())
+            && link.contains_key("source")
+        {
+            link.insert("source".into(), serde_json::Value::String(String::new()));
+        }
+        for key in ["url", "channel"] {
+            if let Some(serde_json::Value::String(s)) = obj.get_mut(key)
+                && let Some((f, t)) = rewrites.iter().find(|(f, _)| s.starts_with(f.as_str()))
+            {
+                *s = format!("{t}{}", &s[f.len()..]);
+            }
+        }
+    }
+    let mut out = serde_json::to_vec_pretty(&v)?;
+    out.push(b'\n');
+    if !from.is_empty() && memmem::find(&out, from.as_bytes()).is_some() {
+        let f = memmem::Finder::new(from.as_bytes());
+        out = replace_all(&out, &f, from.as_bytes(), to.as_bytes());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], t: &Transform, from: &str, to: &str) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let n = apply(input, &mut out, t, from.as_bytes(), to.as_bytes())?;
+        assert_eq!(n, out.len() as u64);
+        Ok(out)
+    }
+
+    /// A binary blob as rattler's installer leaves it: `placeholder` (length `room`) replaced
+    /// by `prefix` in a C string, NULs before the terminator.
+    fn installed_cstring(prefix: &str, suffix: &str, k: usize, room: usize) -> Vec<u8> {
+        let mut s = Vec::new();
+        for _ in 0..k {
+            s.extend_from_slice(prefix.as_bytes());
+            s.extend_from_slice(suffix.as_bytes());
+        }
+        s.extend(std::iter::repeat_n(0u8, k * (room - prefix.len()) + 1));
+        s
+    }
+
+    #[test]
+    fn text_replacement_streams_across_chunks() {
+        let from = "/staging/prefix";
+        let mut input = vec![b'x'; CHUNK - 5];
+        input.extend_from_slice(from.as_bytes()); // straddles the first chunk boundary
+        input.extend_from_slice(b" and ");
+        input.extend_from_slice(from.as_bytes());
+        let out = run(
+            &input,
+            &Transform {
+                mode: Some(Mode::Text),
+                shebang: None,
+            },
+            from,
+            "/A",
+        )
+        .unwrap();
+        let mut expect = vec![b'x'; CHUNK - 5];
+        expect.extend_from_slice(b"/A and /A");
+        assert_eq!(out, expect);
+        let s = scan(&input[..], from.as_bytes()).unwrap();
+        assert_eq!(s.count, 2);
+        assert!(s.utf8);
+    }
+
+    #[test]
+    fn binary_replacement_keeps_length_and_pads_before_terminator() {
+        let from = "/home/user/work/staging-prefix-1234";
+        let mut input = b"\x7fELF\0head\0".to_vec();
+        let blob = installed_cstring(from, "/lib:", 2, 255);
+        input.extend_from_slice(&blob);
+        input.extend_from_slice(b"tail\0");
+        let t = Transform {
+            mode: Some(Mode::Binary { room: 255 }),
+            shebang: None,
+        };
+        let out = run(&input, &t, from, "/A").unwrap();
+        assert_eq!(out.len(), input.len());
+        let start = 10;
+        let s = &out[start..];
+        let end = s.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(&s[..end], b"/A/lib:/A/lib:");
+        assert!(out.ends_with(b"tail\0"));
+        // And back to a prefix longer than the staging one, using the placeholder's room.
+        let long = format!("/{}", "l".repeat(200));
+        let back = run(&out, &t, "/A", &long).unwrap();
+        assert_eq!(back.len(), input.len());
+        let s = &back[start..];
+        let end = s.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(
+            s[..end].to_vec(),
+            format!("{long}/lib:{long}/lib:").into_bytes()
+        );
+        assert!(back.ends_with(b"tail\0"));
+    }
+
+    #[test]
+    fn binary_growth_beyond_room_is_an_error() {
+        let input = installed_cstring("/short", "/x", 1, 40);
+        let t = Transform {
+            mode: Some(Mode::Binary { room: 40 }),
+            shebang: None,
+        };
+        assert!(run(&input, &t, "/short", &"/y".repeat(30)).is_err());
+        // Room without padding behind it (an unmanaged file: room = current length).
+        let mut input = b"/short/x\0data".to_vec();
+        input.push(0);
+        assert!(
+            run(
+                &input,
+                &Transform {
+                    mode: Some(Mode::Binary { room: 6 }),
+                    shebang: None
+                },
+                "/short",
+                "/longer"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn shebangs_become_location_independent() {
+        let p = b"/stage/env";
+        assert_eq!(
+            shebang_for(b"#!/stage/env/bin/python3.11", p).unwrap(),
+            b"#!/usr/bin/env python3.11\n"
+        );
+        assert_eq!(
+            shebang_for(b"#! /stage/env/bin/perl -w", p).unwrap(),
+            b"#!/usr/bin/env -S perl -w\n"
+        );
+        let t =
+            String::from_utf8(shebang_for(b"#!/stage/env/bin/python3.11 -E", p).unwrap()).unwrap();
+        assert!(t.starts_with("#!/bin/sh\n'''exec' "));
+        assert!(t.contains("/python3.11\" -E \"$0\" \"$@\""));
+        assert!(shebang_for(b"#!/usr/bin/python3", p).is_none());
+        assert!(shebang_for(b"#!/stage/env/libexec/x", p).is_none());
+        let input = b"#!/stage/env/bin/python3.11\nimport sys # /stage/env\n";
+        let t = Transform {
+            mode: Some(Mode::Text),
+            shebang: shebang_for(b"#!/stage/env/bin/python3.11", p),
+        };
+        let out = run(input, &t, "/stage/env", "/A").unwrap();
+        assert_eq!(out, b"#!/usr/bin/env python3.11\nimport sys # /A\n");
+    }
+
+    #[test]
+    fn shell_trampoline_runs_the_interpreter_next_to_the_script() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(which_python(), bin.join("python3")).unwrap();
+        let line = shebang_for(b"#!/old/bin/python3 -E", b"/old").unwrap();
+        let mut script = line;
+        script
+            .extend_from_slice(b"import sys\nprint(sys.flags.ignore_environment, sys.argv[1:])\n");
+        let path = bin.join("tool");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = std::process::Command::new(&path)
+            .arg("a b")
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 ['a b']");
+    }
+
+    fn which_python() -> std::path::PathBuf {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
+        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+
+    #[test]
+    fn scan_finds_shebang_and_binary() {
+        let s = scan(&b"#!/x/bin/python\n\xff\xfe"[..], b"/x").unwrap();
+        assert_eq!(s.shebang.as_deref(), Some(&b"#!/x/bin/python"[..]));
+        assert!(!s.utf8);
+        assert_eq!(s.count, 1);
+        // A multi-byte character split across the chunk boundary is still UTF-8.
+        let mut input = vec![b'a'; CHUNK - 1];
+        input.extend_from_slice("é".as_bytes());
+        assert!(scan(&input[..], b"/x").unwrap().utf8);
+    }
+
+    #[test]
+    fn records_are_scrubbed() {
+        let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/root/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/root/.cache/x.conda","link":{"source":"/root/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env"}"#;
+        let out = scrub_record(
+            rec,
+            &[(
+                "file:///srv/cf".into(),
+                "https://conda.anaconda.org/conda-forge".into(),
+            )],
+            "/stage/env",
+            "/A",
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("/root/"), "{text}");
+        assert!(!text.contains("/srv/"), "{text}");
+        assert!(!text.contains("/stage/env"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["url"],
+            "https://conda.anaconda.org/conda-forge/linux-64/numpy.conda"
+        );
+        assert_eq!(v["link"]["type"], 1);
+        assert_eq!(v["link"]["source"], "");
+    }
+}

@@ -1,0 +1,463 @@
+//! Walk: what is in a prefix, and what conda knows about it.
+//!
+//! Reads `conda-meta/*.json` for the managed files (with their placeholders and modes),
+//! walks the tree without following symlinks, applies `--include`/`--exclude` in order, and
+//! checks what conda-pack checks: managed files present, no editable installs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::PackError;
+
+/// What conda recorded about one managed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The placeholder the package was built with, if the file holds one.
+    pub placeholder: Option<String>,
+    /// Whether the placeholder is in a binary file.
+    pub binary: bool,
+}
+
+/// The managed files of a prefix, from its `conda-meta` records.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Relative path → what conda knows about it.
+    pub files: BTreeMap<String, Managed>,
+    /// The record files themselves (`conda-meta/<pkg>.json`).
+    pub record_files: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    paths_data: Option<RawPaths>,
+}
+
+#[derive(Deserialize)]
+struct RawPaths {
+    #[serde(default)]
+    paths: Vec<RawPath>,
+}
+
+#[derive(Deserialize)]
+struct RawPath {
+    #[serde(rename = "_path")]
+    path: String,
+    #[serde(default)]
+    prefix_placeholder: Option<String>,
+    #[serde(default)]
+    file_mode: Option<String>,
+}
+
+/// Reads the `conda-meta` records of `prefix`.
+pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
+    let meta = prefix.join("conda-meta");
+    if !meta.is_dir() {
+        return Err(PackError::NotAnEnvironment {
+            prefix: prefix.to_path_buf(),
+        });
+    }
+    let mut names: Vec<String> = fs_err::read_dir(&meta)
+        .map_err(PackError::io(&meta))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let mut records = Records::default();
+    for name in names {
+        let path = meta.join(&name);
+        let text = fs_err::read_to_string(&path).map_err(PackError::io(&path))?;
+        let raw: RawRecord = serde_json::from_str(&text).map_err(|source| PackError::Record {
+            path: path.clone(),
+            source,
+        })?;
+        match raw.paths_data {
+            Some(p) if !p.paths.is_empty() => {
+                for e in p.paths {
+                    let binary = e.file_mode.as_deref() == Some("binary");
+                    records.files.insert(
+                        e.path,
+                        Managed {
+                            placeholder: e.prefix_placeholder,
+                            binary,
+                        },
+                    );
+                }
+            }
+            _ => {
+                for f in raw.files {
+                    records.files.entry(f).or_insert(Managed {
+                        placeholder: None,
+                        binary: false,
+                    });
+                }
+            }
+        }
+        records.record_files.push(format!("conda-meta/{name}"));
+    }
+    Ok(records)
+}
+
+/// The kind of one tree entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file of `size` bytes.
+    File {
+        /// Size on disk.
+        size: u64,
+        /// Any execute bit set.
+        executable: bool,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target, as stored.
+        target: PathBuf,
+    },
+}
+
+/// One entry of the tree, relative to the prefix (`/`-separated).
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Relative path.
+    pub path: String,
+    /// What it is.
+    pub kind: Kind,
+}
+
+/// One `--include` or `--exclude` pattern, applied in command-line order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Keep what matches.
+    Include(String),
+    /// Drop what matches.
+    Exclude(String),
+}
+
+/// Walks `prefix`, sorted, never following symlinks. Entries that the filters drop are left
+/// out (a dropped directory drops what is below it unless an include brings it back).
+pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() {
+            prefix.to_path_buf()
+        } else {
+            prefix.join(&rel)
+        };
+        let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
+        for entry in fs_err::read_dir(&dir).map_err(PackError::io(&dir))? {
+            let entry = entry.map_err(PackError::io(&dir))?;
+            let name = entry
+                .file_name()
+                .to_str()
+                .map(str::to_string)
+                .ok_or_else(|| PackError::NonUtf8Path { path: entry.path() })?;
+            let path = entry.path();
+            let meta = fs_err::symlink_metadata(&path).map_err(PackError::io(&path))?;
+            children.push((name, meta));
+        }
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, meta) in children.into_iter().rev() {
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(child.clone());
+                Kind::Dir
+            } else if ft.is_symlink() {
+                let p = prefix.join(&child);
+                Kind::Symlink {
+                    target: fs_err::read_link(&p).map_err(PackError::io(&p))?,
+                }
+            } else if ft.is_file() {
+                Kind::File {
+                    size: meta.len(),
+                    executable: meta.permissions().mode() & 0o111 != 0,
+                }
+            } else {
+                // Sockets, fifos, devices: nothing a relocatable environment can carry.
+                continue;
+            };
+            out.push(Found { path: child, kind });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    if !filters.is_empty() {
+        out.retain(|f| included(&f.path, filters));
+        // Keep the directories that lead to kept entries.
+        let needed: BTreeSet<String> = out.iter().flat_map(|f| parents(&f.path)).collect();
+        let all = walk(prefix, &[])?;
+        let present: BTreeSet<&str> = out.iter().map(|f| f.path.as_str()).collect();
+        let mut extra: Vec<Found> = all
+            .into_iter()
+            .filter(|f| {
+                f.kind == Kind::Dir
+                    && needed.contains(&f.path)
+                    && !present.contains(f.path.as_str())
+            })
+            .collect();
+        out.append(&mut extra);
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    Ok(out)
+}
+
+fn parents(path: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut p = path;
+    while let Some(i) = p.rfind('/') {
+        p = &p[..i];
+        v.push(p.to_string());
+    }
+    v
+}
+
+/// Whether `path` survives the filters: each matching filter, in order, decides anew.
+#[must_use]
+pub fn included(path: &str, filters: &[Filter]) -> bool {
+    let mut keep = true;
+    for f in filters {
+        match f {
+            Filter::Include(p) if pattern_matches(p, path) => keep = true,
+            Filter::Exclude(p) if pattern_matches(p, path) => keep = false,
+            _ => {}
+        }
+    }
+    keep
+}
+
+/// Matches a pattern the way users expect: `*` and `?` match across `/` as in conda-pack's
+/// fnmatch; a pattern that matches a directory matches everything below it; a pattern without
+/// `/` also matches any path component's name (`*.pyc`, `__pycache__`).
+#[must_use]
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.trim_start_matches("./").trim_end_matches('/');
+    let mut prefix = path;
+    loop {
+        if fnmatch(pattern.as_bytes(), prefix.as_bytes()) {
+            return true;
+        }
+        match prefix.rfind('/') {
+            Some(i) => prefix = &prefix[..i],
+            None => break,
+        }
+    }
+    if !pattern.contains('/') {
+        return path
+            .split('/')
+            .any(|c| fnmatch(pattern.as_bytes(), c.as_bytes()));
+    }
+    false
+}
+
+/// fnmatch with `*`, `?` and `[...]` (`[!...]` negates); `*` matches `/` too.
+fn fnmatch(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star_p, mut star_s) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    star_p = Some(pi);
+                    star_s = si;
+                    pi += 1;
+                    continue;
+                }
+                b'?' => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(&p[pi..], s[si]) {
+                        if matched {
+                            pi += next;
+                            si += 1;
+                            continue;
+                        }
+                    } else if s[si] == b'[' {
+                        pi += 1;
+                        si += 1;
+                        continue;
+                    }
+                }
+                c if c == s[si] => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star_p {
+            Some(sp) => {
+                pi = sp + 1;
+                star_s += 1;
+                si = star_s;
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class at the start of `p`; returns (matched, class length).
+fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(i), Some(b'!' | b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+            if p[i] <= c && c <= p[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+        first = false;
+    }
+    None
+}
+
+/// Editable pip installs in the prefix (`direct_url.json` with `dir_info.editable`, or
+/// `.egg-link` files): they point at source trees that are not packed.
+#[must_use]
+pub fn editable_installs(prefix: &Path, found: &[Found]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in found {
+        if f.path.ends_with(".dist-info/direct_url.json") {
+            if let Ok(text) = std::fs::read_to_string(prefix.join(&f.path)) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["dir_info"]["editable"].as_bool() == Some(true) {
+                    let dist = f.path.trim_end_matches("/direct_url.json");
+                    out.push(dist.rsplit('/').next().unwrap_or(dist).to_string());
+                }
+            }
+        } else if f.path.ends_with(".egg-link") {
+            out.push(f.path.rsplit('/').next().unwrap_or(&f.path).to_string());
+        }
+    }
+    out
+}
+
+/// Managed paths that are not in the tree (checked with `lstat`, so a symlink such as
+/// Python's `lib/python3.1` counts as present whatever it points to).
+#[must_use]
+pub fn missing_files(prefix: &Path, records: &Records) -> Vec<String> {
+    records
+        .files
+        .keys()
+        .filter(|p| std::fs::symlink_metadata(prefix.join(p)).is_err())
+        .cloned()
+        .collect()
+}
+
+/// Absolute form of a relative entry path.
+#[must_use]
+pub fn abs(prefix: &Path, rel: &str) -> PathBuf {
+    prefix.join(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_users_expect() {
+        assert!(pattern_matches("share/doc/*", "share/doc/x/y"));
+        assert!(pattern_matches("share/doc", "share/doc/x/y"));
+        assert!(pattern_matches("share/doc/", "share/doc/x"));
+        assert!(!pattern_matches("share/doc", "share/docs/x"));
+        assert!(pattern_matches(
+            "*.pyc",
+            "lib/python3.11/__pycache__/a.cpython-311.pyc"
+        ));
+        assert!(pattern_matches("__pycache__", "lib/x/__pycache__/a.pyc"));
+        assert!(pattern_matches(
+            "lib/python3.1?/site-packages/*",
+            "lib/python3.11/site-packages/six.py"
+        ));
+        assert!(pattern_matches("bin/[fp]*", "bin/pip"));
+        assert!(!pattern_matches("bin/[!fp]*", "bin/pip"));
+        assert!(!pattern_matches("*.so", "lib/libz.so.1"));
+        assert!(pattern_matches("*.so*", "lib/libz.so.1"));
+        assert!(pattern_matches("./include", "include/zlib.h"));
+    }
+
+    #[test]
+    fn filters_apply_in_order() {
+        let f = [
+            Filter::Exclude("share/doc/*".into()),
+            Filter::Include("share/doc/keep/*".into()),
+        ];
+        assert!(!included("share/doc/x", &f));
+        assert!(included("share/doc/keep/y", &f));
+        let g = [
+            Filter::Include("share/doc/keep/*".into()),
+            Filter::Exclude("share/doc/*".into()),
+        ];
+        assert!(!included("share/doc/keep/y", &g));
+        assert!(included("bin/python", &g));
+    }
+
+    #[test]
+    fn walk_is_sorted_does_not_follow_links_and_keeps_parents() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("lib/sub")).unwrap();
+        std::fs::create_dir_all(p.join("share/doc/x")).unwrap();
+        std::fs::write(p.join("lib/sub/b"), "b").unwrap();
+        std::fs::write(p.join("lib/a"), "a").unwrap();
+        std::fs::write(p.join("share/doc/x/readme"), "r").unwrap();
+        std::os::unix::fs::symlink("lib", p.join("lib64")).unwrap();
+        let all: Vec<String> = walk(p, &[]).unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(
+            all,
+            [
+                "lib",
+                "lib/a",
+                "lib/sub",
+                "lib/sub/b",
+                "lib64",
+                "share",
+                "share/doc",
+                "share/doc/x",
+                "share/doc/x/readme"
+            ]
+        );
+        let some: Vec<String> = walk(
+            p,
+            &[
+                Filter::Exclude("*".into()),
+                Filter::Include("lib/sub/b".into()),
+            ],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+        assert_eq!(some, ["lib", "lib/sub", "lib/sub/b"]);
+    }
+}

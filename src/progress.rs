@@ -1,0 +1,94 @@
+//! The binary's reporter: indicatif bars on stderr, hidden when stderr is not a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use envpack::report::{Reporter, Stage};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Draws one bar per stage.
+pub struct Bars {
+    multi: MultiProgress,
+    current: Mutex<Option<(Stage, ProgressBar)>>,
+    quiet: bool,
+}
+
+impl Bars {
+    /// Bars are drawn when `show` and stderr is a terminal.
+    pub fn new(show: bool, quiet: bool) -> Self {
+        let target = if show && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            current: Mutex::new(None),
+            quiet,
+        }
+    }
+
+    /// Runs `f` with the bars out of the way, so log lines don't tear them.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.multi.suspend(f)
+    }
+
+    fn style(stage: Stage) -> ProgressStyle {
+        let template = match stage {
+            Stage::Solve | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
+            Stage::Scan => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
+            Stage::Install | Stage::Pack => {
+                "{spinner} {prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            }
+        };
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+}
+
+impl Reporter for Bars {
+    fn on_stage_start(&self, stage: Stage, total: Option<u64>) {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        let bar = self.multi.add(bar);
+        bar.set_style(Self::style(stage));
+        bar.set_prefix(stage.label());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        *self.current.lock().expect("bars") = Some((stage, bar));
+    }
+
+    fn on_progress(&self, stage: Stage, delta: u64) {
+        if let Some((s, bar)) = &*self.current.lock().expect("bars")
+            && *s == stage
+        {
+            bar.inc(delta);
+        }
+    }
+
+    fn on_total(&self, stage: Stage, total: u64) {
+        if let Some((s, bar)) = &*self.current.lock().expect("bars")
+            && *s == stage
+        {
+            bar.set_length(total);
+        }
+    }
+
+    fn on_stage_end(&self, stage: Stage) {
+        if let Some((s, bar)) = self.current.lock().expect("bars").take()
+            && s == stage
+        {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn on_warning(&self, message: &str) {
+        if !self.quiet {
+            self.suspend(|| {
+                let _ = writeln!(std::io::stderr(), "warning: {message}");
+            });
+        }
+    }
+}
