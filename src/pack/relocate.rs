@@ -301,16 +301,16 @@ pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
     if exe.is_empty() || exe.contains('/') {
         return None;
     }
-    Some(if args.is_empty() {
-        format!("#!/usr/bin/env {exe}\n")
-    } else if exe.starts_with("python") {
-        format!(
-            "#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\" {args} \"$0\" \"$@\"\n' '''\n"
-        )
-    } else {
-        format!("#!/usr/bin/env -S {exe} {args}\n")
-    }
-    .into_bytes())
+    Some(
+        if args.is_empty() {
+            format!("#!/usr/bin/env {exe}\n")
+        } else if exe.starts_with("python") {
+            format!("#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\" {args} \"$0\" \"$@\"\n' '''\n")
+        } else {
+            format!("#!/usr/bin/env -S {exe} {args}\n")
+        }
+        .into_bytes(),
+    )
 }
 
 /// A `conda-meta` record without build-machine paths: `extracted_package_dir`,
@@ -333,6 +333,28 @@ pub fn scrub_record(
             && link.contains_key("source")
         {
             link.insert("source".into(), serde_json::Value::String(String::new()));
+        }
+        // What the installer measured in the staging prefix depends on its path; the files
+        // change again whenever the environment moves.
+        if let Some(paths) = obj
+            .get_mut("paths_data")
+            .and_then(|p| p.get_mut("paths"))
+            .and_then(|p| p.as_array_mut())
+        {
+            for entry in paths.iter_mut().filter_map(|e| e.as_object_mut()) {
+                entry.remove("sha256_in_prefix");
+                let generated = entry
+                    .get("path_type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.contains("entry_point"));
+                if generated {
+                    // Written by the installer with the prefix inside: no stable hash.
+                    entry.remove("sha256");
+                }
+                if generated || entry.contains_key("prefix_placeholder") {
+                    entry.remove("size_in_bytes");
+                }
+            }
         }
         for key in ["url", "channel"] {
             if let Some(serde_json::Value::String(s)) = obj.get_mut(key)
@@ -530,7 +552,7 @@ mod tests {
 
     #[test]
     fn records_are_scrubbed() {
-        let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/root/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/root/.cache/x.conda","link":{"source":"/root/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env"}"#;
+        let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/root/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/root/.cache/x.conda","link":{"source":"/root/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env","paths_data":{"paths":[{"_path":"bin/x","prefix_placeholder":"/ph","sha256_in_prefix":"ab","size_in_bytes":7},{"_path":"lib/y","size_in_bytes":3}]}}"#;
         let out = scrub_record(
             rec,
             &[(
@@ -552,5 +574,12 @@ mod tests {
         );
         assert_eq!(v["link"]["type"], 1);
         assert_eq!(v["link"]["source"], "");
+        assert!(
+            v["paths_data"]["paths"][0]
+                .get("sha256_in_prefix")
+                .is_none()
+        );
+        assert!(v["paths_data"]["paths"][0].get("size_in_bytes").is_none());
+        assert_eq!(v["paths_data"]["paths"][1]["size_in_bytes"], 3);
     }
 }

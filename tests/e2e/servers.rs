@@ -1503,29 +1503,3 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
         body = &body[size + 2..];
     }
 }
-
-#[cfg(test)]
-mod http_tests {
-    use super::*;
-
-    #[test]
-    fn parses_content_length_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!(r, (200, "{}".into()));
-        let r = parse_response(b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n")
-            .unwrap();
-        assert_eq!(r, (400, "abcde".into()));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}").is_err());
-    }
-
-    #[test]
-    fn failure_scan_ignores_cuda_noise() {
-        let log = "E1122 server.cc:241] \"CudaDriverHelper has not been initialized.\"\nI ok\n";
-        assert_eq!(
-            find_failure(log, TRITON_FAILURE_MARKERS, TRITON_IGNORED_LINES),
-            None
-        );
-        let log = "I x\nE1122 python_be.cc] Stub process 'm_0_0' is not healthy.\n";
-        assert!(find_failure(log, TRITON_FAILURE_MARKERS, TRITON_IGNORED_LINES).is_some());
-    }
-}

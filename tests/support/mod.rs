@@ -1,0 +1,106 @@
+//! Test support shared by the hermetic and end-to-end tests: the real `envpack` binary, and
+//! small conda packages and channels built at test time.
+#![allow(dead_code)]
+
+pub mod channel;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A command running the real binary, with a clean environment: no `ENVPACK_*` or
+/// `CONDA_OVERRIDE_*` from the caller, a package cache shared by the tests of this build.
+pub fn envpack() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envpack"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ENVPACK_") || k.starts_with("CONDA_OVERRIDE_") || k == "RATTLER_CACHE_DIR"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("ENVPACK_CACHE_DIR", cache_dir());
+    c
+}
+
+/// The package cache the tests share (inside the target folder).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envpack-test-cache")
+}
+
+/// Runs and returns the output, panicking with both streams if it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs and returns the output, panicking if it succeeds.
+pub fn run_err(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded but should have failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A shell command's stdout, asserting success.
+pub fn sh(script: &str, dir: &Path) -> String {
+    let out = run_ok(
+        Command::new("bash")
+            .arg("-euc")
+            .arg(script)
+            .current_dir(dir),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Extracts a tar archive (any compression GNU tar knows) into `dest`.
+pub fn extract(archive: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dest),
+    );
+}
+
+/// The names of an archive's members, in order.
+pub fn list(archive: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("tar").arg("-tf").arg(archive));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every regular file below `dir` whose bytes contain `needle`, relative paths.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let data = std::fs::read(e.path()).unwrap();
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
