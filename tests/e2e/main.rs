@@ -48,6 +48,7 @@ pub fn test_channel() -> Result<PathBuf, String> {
 }
 
 /// The `--mirror` argument that makes conda-forge the shared channel.
+#[must_use]
 pub fn mirror_arg() -> String {
     format!(
         "conda-forge=file://{}",
@@ -82,9 +83,8 @@ fn main() {
                 .needs
                 .iter()
                 .filter_map(|n| {
-                    check(*n).err().map(|e| {
+                    check(*n).err().inspect(|e| {
                         missing.insert(*n, e.clone());
-                        e
                     })
                 })
                 .collect();

@@ -33,7 +33,9 @@ pub fn cases() -> Vec<Case> {
 /// Packs `deps` with the shared channel; returns (tarball, the folder the staging prefix was in).
 pub fn pack_env(dir: &Path, deps: &[&str], extra: &[&str]) -> (PathBuf, PathBuf) {
     let env = dir.join("environment.yml");
-    let body: String = deps.iter().map(|d| format!("  - {d}\n")).collect();
+    let body: String = deps
+        .iter()
+        .fold(String::new(), |s, d| s + "  - " + d + "\n");
     std::fs::write(
         &env,
         format!("name: e2e\nchannels: [conda-forge]\ndependencies:\n{body}"),
