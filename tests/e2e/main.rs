@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod docs;
 mod pack;
 mod servers;
 
@@ -73,7 +74,10 @@ pub struct Case {
 fn main() {
     let args = Arguments::from_args();
     let required = std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cases: Vec<Case> = [pack::cases()].into_iter().flatten().collect();
+    let cases: Vec<Case> = [docs::cases(), pack::cases()]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut missing: BTreeMap<Needs, String> = BTreeMap::new();
     let mut skipped = 0;
     let trials: Vec<Trial> = cases

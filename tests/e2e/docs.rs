@@ -1,0 +1,149 @@
+//! The commands the documentation shows work: the README's first command, and every `envpack`
+//! command line of `Dockerfile.example` (run in a folder laid out as the builder stage's).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::Failed;
+
+use crate::support::{envpack, run_ok};
+use crate::{Case, Needs};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "docs::readme_first_command_packs_the_demo",
+            needs: &[Needs::Channel],
+            run: readme_first_command_packs_the_demo,
+        },
+        Case {
+            name: "docs::dockerfile_envpack_lines_run",
+            needs: &[Needs::Channel],
+            run: dockerfile_envpack_lines_run,
+        },
+    ]
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Splits a command line as a shell would for these simple lines (no quotes in them).
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// The README's first fenced command: `cargo run -- pack ...` (comment stripped).
+fn readme_first_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --"))
+        .expect("the README starts with a `cargo run --` command");
+    let line = line.split('#').next().unwrap();
+    words(line.trim_start_matches("cargo run --"))
+}
+
+fn readme_first_command_packs_the_demo() -> Result<(), Failed> {
+    let args = readme_first_command();
+    if args.first().map(String::as_str) != Some("pack") {
+        return Err(format!("unexpected README command: {args:?}").into());
+    }
+    // The README runs from the repository, with ../shared beside it; here the channel comes
+    // from the test environment, in the same place relative to a copy of the repository.
+    let dir = tempfile::tempdir()?;
+    let clone = dir.path().join("envpack");
+    std::fs::create_dir_all(clone.join("testdata"))?;
+    copy_dir(&repo().join("testdata/demo"), &clone.join("testdata/demo"))?;
+    std::os::unix::fs::symlink(
+        crate::test_channel()?.parent().unwrap(),
+        dir.path().join("shared"),
+    )?;
+    run_ok(envpack().args(&args).arg("-q").current_dir(&clone));
+    let out = clone.join("demo.tar.gz");
+    if !out.is_file() {
+        return Err("the README command wrote no demo.tar.gz".into());
+    }
+    let listing = crate::support::list(&out);
+    for member in [
+        "bin/python3.11",
+        "bin/activate",
+        "bin/conda-unpack",
+        "conda-meta/history",
+    ] {
+        if !listing.iter().any(|m| m == member) {
+            return Err(format!("{member} missing from demo.tar.gz").into());
+        }
+    }
+    Ok(())
+}
+
+/// `RUN envpack ...` lines and the `COPY` lines that lay out the build folder.
+fn dockerfile() -> (Vec<Vec<String>>, Vec<(String, String)>) {
+    let text = std::fs::read_to_string(repo().join("Dockerfile.example")).unwrap();
+    let mut runs = Vec::new();
+    let mut copies = Vec::new();
+    let mut in_pack_stage = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("FROM ") {
+            in_pack_stage = rest.ends_with(" AS pack");
+        } else if let Some(rest) = line.strip_prefix("RUN envpack ") {
+            runs.push(words(rest));
+        } else if let Some(rest) = line.strip_prefix("COPY ").filter(|_| in_pack_stage) {
+            let w = words(rest);
+            if w.len() == 2 {
+                copies.push((w[0].clone(), w[1].clone()));
+            }
+        }
+    }
+    (runs, copies)
+}
+
+fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
+    let (runs, copies) = dockerfile();
+    if runs.is_empty() {
+        return Err("Dockerfile.example has no `RUN envpack` line".into());
+    }
+    let build = tempfile::tempdir()?;
+    for (from, to) in &copies {
+        let src = repo().join(from.trim_end_matches('/'));
+        let dest = build.path().join(to.trim_end_matches('/'));
+        if src.is_dir() {
+            copy_dir(&src, &dest)?;
+        } else {
+            std::fs::create_dir_all(dest.parent().unwrap())?;
+            std::fs::copy(&src, &dest)?;
+        }
+    }
+    let mirrors = format!("conda-forge=file://{}", crate::test_channel()?.display());
+    for args in &runs {
+        let out = run_ok(
+            envpack()
+                .args(args)
+                .arg("-q")
+                .env("ENVPACK_MIRRORS", &mirrors)
+                .current_dir(build.path()),
+        );
+        drop(out);
+        // Each line names its output after -o; it must exist and be a gzip tar.
+        if let Some(i) = args.iter().position(|a| a == "-o") {
+            let o = build.path().join(&args[i + 1]);
+            run_ok(Command::new("tar").arg("-tzf").arg(&o));
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir(src: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let to = dest.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to)?;
+        } else {
+            std::fs::copy(e.path(), to)?;
+        }
+    }
+    Ok(())
+}
