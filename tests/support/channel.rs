@@ -300,14 +300,22 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// A fake `python` package: `bin/python3.11` is a shell script that runs the host's
-/// python3 (enough for the installer to link noarch packages and for entry points to run),
+/// python3 (the first on PATH outside the environment) with the environment's `site-packages` on `PYTHONPATH` (enough for the installer
+/// to link noarch packages and for their entry points to import them),
 /// `lib/python3.11/site-packages` exists, and `lib/libfake.so` holds the placeholder as a
 /// binary C string, `bin/fake-config` as text.
 pub fn fake_python() -> Package {
     let ph = long_placeholder();
     Package::new("python", "3.11.0")
         .with_prefix("bin/python3.11", Prefix::Text, &ph, true, |ph| {
-            format!("#!/bin/sh\n# built in {ph}\nexec python3 \"$@\"\n").into_bytes()
+            format!(
+                "#!/bin/sh\n# built in {ph}\nd=${{0%/*}}\n\
+                 PYTHONPATH=\"$d/../lib/python3.11/site-packages\"\nexport PYTHONPATH\n\
+                 IFS=:\nfor p in $PATH; do\n\
+                 \x20   [ \"$p\" -ef \"$d\" ] || [ ! -x \"$p/python3\" ] || exec \"$p/python3\" \"$@\"\n\
+                 done\necho 'no python3 on PATH' >&2\nexit 127\n"
+            )
+            .into_bytes()
         })
         .symlink("bin/python", "python3.11")
         .symlink("bin/python3", "python3.11")
