@@ -325,7 +325,7 @@ pub fn plan(
         |d| d.trim_end_matches('/').to_string(),
     );
     let records = walk::read_records(&prefix)?;
-    let found = walk::walk(&prefix, &options.filters)?;
+    let found = without_empty_clobber_dirs(walk::walk(&prefix, &options.filters)?);
     let mut warnings = check(&prefix, &found, &records, options)?;
     let hook_dir = options
         .auto_relocate
@@ -434,6 +434,29 @@ fn check(
         ));
     }
     Ok(warnings)
+}
+
+/// Where rattler's installer moves the losing copies of a path that several packages provide.
+const CLOBBERS_DIR: &str = "__clobbers__";
+
+/// Drops the folders below `__clobbers__` that hold no file. The installer links packages in
+/// parallel and moves clobbered files there and back, so which empty folders it leaves depends
+/// on timing: keeping them made two packs of one environment differ.
+fn without_empty_clobber_dirs(found: Vec<walk::Found>) -> Vec<walk::Found> {
+    let in_clobbers = |p: &str| {
+        p == CLOBBERS_DIR
+            || p.strip_prefix(CLOBBERS_DIR)
+                .is_some_and(|r| r.starts_with('/'))
+    };
+    let needed: BTreeSet<String> = found
+        .iter()
+        .filter(|f| f.kind != walk::Kind::Dir && in_clobbers(&f.path))
+        .flat_map(|f| walk::parents(&f.path))
+        .collect();
+    found
+        .into_iter()
+        .filter(|f| f.kind != walk::Kind::Dir || !in_clobbers(&f.path) || needed.contains(&f.path))
+        .collect()
 }
 
 /// The one `lib/python3.X/site-packages` folder, if there is exactly one.
@@ -778,6 +801,45 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("x.tar")), Some(Format::Tar));
         assert_eq!(Format::from_path(Path::new("env")), None);
         assert_eq!(Format::parse("no-archive"), Some(Format::Dir));
+    }
+
+    #[test]
+    fn empty_clobber_folders_are_dropped() {
+        let dir = |p: &str| walk::Found {
+            path: p.into(),
+            kind: walk::Kind::Dir,
+        };
+        let file = |p: &str| walk::Found {
+            path: p.into(),
+            kind: walk::Kind::File {
+                size: 1,
+                executable: false,
+            },
+        };
+        let kept: Vec<String> = without_empty_clobber_dirs(vec![
+            dir("__clobbers__"),
+            dir("__clobbers__/a"),
+            dir("__clobbers__/a/share"),
+            dir("__clobbers__/b"),
+            dir("__clobbers__/b/share"),
+            file("__clobbers__/b/share/x"),
+            dir("__clobbers__x"),
+            dir("share/empty"),
+        ])
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+        assert_eq!(
+            kept,
+            [
+                "__clobbers__",
+                "__clobbers__/b",
+                "__clobbers__/b/share",
+                "__clobbers__/b/share/x",
+                "__clobbers__x",
+                "share/empty"
+            ]
+        );
     }
 
     #[test]

@@ -213,7 +213,8 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
     Ok(out)
 }
 
-fn parents(path: &str) -> Vec<String> {
+/// The folders above `path`, innermost first.
+pub(crate) fn parents(path: &str) -> Vec<String> {
     let mut v = Vec::new();
     let mut p = path;
     while let Some(i) = p.rfind('/') {
