@@ -18,8 +18,38 @@ pub struct Cli {
 pub enum Command {
     /// Solve, install and pack an environment file, a model, a model repository, or an
     /// existing environment (--prefix).
+    #[command(after_long_help = MODELS_HELP)]
     Pack(PackArgs),
 }
+
+/// How PATH is read, for `envpack pack --help`.
+const MODELS_HELP: &str = "\
+What PATH is:
+  a file                     an environment file
+  a folder with config.pbtxt a Triton model (python backend)
+  a folder with model-settings.json
+                             an MLServer model
+  a folder with models below a model repository: every model in its subfolders (up to 4
+                             levels; hidden folders and conda environments skipped)
+  any other folder           holds environment.yml (or environment.yaml)
+
+A model's environment file (unless --file names one) is the first that exists of
+  1. MODEL/environment.yml, MODEL/environment.yaml
+  2. the same two names in each parent folder of MODEL, up to and including the repository
+     root: the folder given as PATH for a repository, the model's parent folder (the model
+     repository holding it) for a single model. Nothing above the root is looked at.
+
+A model's output goes into the model folder: model-conda.tar.gz for Triton (model-conda, a
+folder Triton 23.07+ uses in place, with --format dir), environment.tar.gz for MLServer;
+-o NAME renames it. --write-config points config.pbtxt (EXECUTION_ENV_PATH =
+$$TRITON_MODEL_DIRECTORY/NAME) or model-settings.json (parameters.environment_tarball =
+./NAME) at it; without it, a config that does not point there gets a warning with the fix.
+Models with the same environment (same file, or the same solved packages) share one solve,
+install and pack; the tarball is copied to each.
+
+  envpack pack models/add_one --write-config     one Triton model
+  envpack pack models --write-config             a whole model repository
+  envpack pack --mlserver env.yml                MLServer's image-level environment.tar.gz";
 
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)]
@@ -28,16 +58,42 @@ pub struct PackArgs {
     /// folder, or a model repository. Default: the current folder.
     pub path: Option<PathBuf>,
 
-    /// The environment file to use (instead of looking for one).
+    /// The environment file to use (instead of looking for one; for a model or every model
+    /// of a repository too).
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+
+    /// Pack for MLServer's image (MLSERVER_ENV_TARBALL): PATH is an environment file or its
+    /// folder; writes `environment.tar.gz` and checks that `mlserver` is installed in it.
+    #[arg(long)]
+    pub mlserver: bool,
+
+    /// Point each model's config at its packed environment (config.pbtxt's
+    /// EXECUTION_ENV_PATH, model-settings.json's parameters.environment_tarball).
+    #[arg(long)]
+    pub write_config: bool,
+
+    /// Check the environment against this Triton release (YY.MM): the stub's Python (3.8 up
+    /// to 23.04, 3.10 for 23.05-24.10, 3.12 from 24.11) and numpy<2 up to 24.10.
+    #[arg(long, value_name = "YY.MM")]
+    pub triton_version: Option<String>,
+
+    /// Skip the checks of what Triton or MLServer need in the environment.
+    #[arg(long)]
+    pub no_check: bool,
+
+    /// Distinct environments of a model repository built at once (default: the cores, at
+    /// most 4).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
 
     /// Pack an existing environment (conda, mamba, micromamba, pixi, envpack) instead.
     #[arg(short = 'p', long, value_name = "PATH")]
     pub prefix: Option<PathBuf>,
 
-    /// Output file (default: `<name>.tar.gz` in the current folder; in a model folder, the
-    /// name the server expects). The format follows the extension.
+    /// Output file (default: `<name>.tar.gz` in the current folder; for a model, the name
+    /// its server expects, in the model folder, and a bare NAME renames it there). The format
+    /// follows the extension.
     #[arg(short = 'o', long, value_name = "OUT")]
     pub output: Option<PathBuf>,
 
@@ -161,7 +217,13 @@ impl PackArgs {
         }
         filters.sort_by_key(|(i, _)| *i);
         Request {
-            path: self.file.clone().or_else(|| self.path.clone()),
+            path: self.path.clone(),
+            file: self.file.clone(),
+            mlserver: self.mlserver,
+            write_config: self.write_config,
+            no_check: self.no_check,
+            triton_version: self.triton_version.clone(),
+            parallel: self.parallel,
             prefix: self.prefix.clone(),
             output: self.output.clone(),
             format: self.format.clone(),

@@ -15,8 +15,9 @@ pub mod report;
 pub mod settings;
 pub mod solve;
 pub mod spec;
+pub mod targets;
 
-pub use pipeline::{Summary, run};
+pub use pipeline::{Report, Summary, run};
 pub use settings::Settings;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub enum Error {
     /// Packing.
     #[error(transparent)]
     Pack(#[from] pack::PackError),
+    /// Triton and MLServer models.
+    #[error(transparent)]
+    Target(#[from] targets::TargetError),
     /// Arguments that do not fit together.
     #[error("{0}")]
     Usage(String),
@@ -82,6 +86,7 @@ impl Error {
             Error::Install(install::InstallError::PipUnavailable { .. }) => Some(
                 "add `python` and `pip` to `dependencies`, and pack for the platform of this machine".into(),
             ),
+            Error::Target(t) => t.hint(),
             _ => None,
         }
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod progress;
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
-use envpack::{Error, Settings, Summary};
+use envpack::targets::ModelsReport;
+use envpack::{Error, Report, Settings, Summary};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -39,8 +41,16 @@ fn main() -> ExitCode {
             let result = Settings::resolve(args.request(sub), &env, &cwd)
                 .and_then(|s| envpack::run(&s, &(bars.clone() as envpack::report::SharedReporter)));
             match result {
-                Ok(summary) => {
-                    print_summary(&summary, args.json, args.quiet);
+                Ok(report) => {
+                    let printed = match &report {
+                        Report::Environment(s) => print_summary(s, args.json, args.quiet),
+                        Report::Models(m) => print_models(m, args.json, args.quiet),
+                    };
+                    if let Err(e) = printed
+                        && e.kind() != std::io::ErrorKind::BrokenPipe
+                    {
+                        let _ = writeln!(std::io::stderr(), "error: cannot write the summary: {e}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => report(&e),
@@ -99,39 +109,20 @@ fn report(e: &Error) -> ExitCode {
     }
 }
 
-fn print_summary(s: &Summary, json: bool, quiet: bool) {
+fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let result = if json {
-        serde_json::to_writer_pretty(&mut out, s)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
+    if json {
+        serde_json::to_writer_pretty(&mut out, s)?;
+        writeln!(out)
     } else if s.dry_run {
-        (|| {
-            writeln!(
-                out,
-                "would write {} ({:?}, {})",
-                s.output.display(),
-                s.format,
-                s.platform
-            )?;
-            writeln!(
-                out,
-                "{} packages, {} to download at most:",
-                s.packages.len(),
-                human(s.download_size)
-            )?;
-            for p in &s.packages {
-                writeln!(
-                    out,
-                    "  {:<24} {:<14} {:<24} {}",
-                    p.name, p.version, p.build, p.channel
-                )?;
-            }
-            for l in &s.pip {
-                writeln!(out, "  pip: {l}")?;
-            }
-            Ok(())
-        })()
+        writeln!(
+            out,
+            "would write {} ({:?}, {})",
+            s.output.display(),
+            s.format,
+            s.platform
+        )?;
+        print_packages(&mut out, s)
     } else if !quiet {
         writeln!(
             out,
@@ -144,12 +135,108 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) {
         )
     } else {
         Ok(())
-    };
-    if let Err(e) = result
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        let _ = writeln!(std::io::stderr(), "error: cannot write the summary: {e}");
     }
+}
+
+fn print_packages(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} packages, {} to download at most:",
+        s.packages.len(),
+        human(s.download_size)
+    )?;
+    for p in &s.packages {
+        writeln!(
+            out,
+            "  {:<24} {:<14} {:<24} {}",
+            p.name, p.version, p.build, p.channel
+        )?;
+    }
+    for l in &s.pip {
+        writeln!(out, "  pip: {l}")?;
+    }
+    Ok(())
+}
+
+/// The models' table: model, server, environment, tarball, size, time, and what was done.
+fn print_models(r: &ModelsReport, json: bool, quiet: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, r)?;
+        return writeln!(out);
+    }
+    if quiet && !r.dry_run {
+        return Ok(());
+    }
+    let below = |p: &std::path::Path| {
+        p.strip_prefix(&r.root)
+            .map_or_else(|_| p.display().to_string(), |p| p.display().to_string())
+    };
+    let mut rows = vec![[
+        "model".to_string(),
+        "server".into(),
+        "environment".into(),
+        if r.dry_run { "would write" } else { "tarball" }.into(),
+        "size".into(),
+        "time".into(),
+        String::new(),
+    ]];
+    for m in &r.models {
+        let how = match (&m.reused_from, m.installed, r.dry_run) {
+            (Some(from), _, _) => format!("same environment as {from}"),
+            (None, true, _) => "solved, installed, packed".into(),
+            (None, false, true) => String::new(),
+            (None, false, false) => "packed".into(),
+        };
+        let how = if m.config_written {
+            format!(
+                "{how}; {} updated",
+                m.config.file_name().unwrap_or_default().to_string_lossy()
+            )
+        } else {
+            how
+        };
+        rows.push([
+            m.name.clone(),
+            m.server.to_string(),
+            below(&m.environment_file),
+            below(&m.output),
+            if r.dry_run { "-".into() } else { human(m.size) },
+            if r.dry_run {
+                "-".into()
+            } else {
+                format!("{:.1} s", m.seconds)
+            },
+            how,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c == 4 || c == 5 {
+                let _ = write!(line, "{cell:>w$}  ", w = widths[c]);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    if r.dry_run {
+        for (i, e) in r.environments.iter().enumerate() {
+            let users: Vec<&str> = r
+                .models
+                .iter()
+                .filter(|m| m.environment == i)
+                .map(|m| m.name.as_str())
+                .collect();
+            writeln!(out, "\nenvironment of {}:", users.join(", "))?;
+            print_packages(&mut out, e)?;
+        }
+    }
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {

@@ -1,21 +1,26 @@
 //! The pipeline: settings in, an archive (and a summary) out.
 //!
-//! Resolve, plan, execute: the environment file is read and solved (the plan of packages),
-//! `--dry-run` stops there; otherwise packages are installed into a staging prefix in a work
-//! folder, packed, and the staging prefix removed.
+//! Resolve, plan, execute, as steps that [`crate::targets`] drives too:
+//! [`Pipeline::solve`] reads and solves the environment file (the plan `--dry-run` prints),
+//! [`Pipeline::install`] installs the packages and the `pip:` section into a staging prefix in
+//! a work folder, the targets check that prefix for their server, and [`Pipeline::pack`]
+//! writes the archive. The staging prefix is removed when the [`Staged`] value is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rattler_conda_types::RepoDataRecord;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::install::{self, PipTool};
 use crate::pack::{self, Format, PackError, PackPlan};
 use crate::report::{SharedReporter, Stage};
 use crate::settings::{Input, Settings};
 use crate::solve::{self, SolveRequest};
-use crate::{Error, channels, spec};
+use crate::spec::EnvironmentSpec;
+use crate::{Error, channels, spec, targets};
 
 /// One package of the environment, for reports.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -65,8 +70,18 @@ pub struct Summary {
     pub timings: Vec<(String, f64)>,
 }
 
+/// What `envpack pack` reports: one environment, or the models of a model target.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    /// An environment file or an existing prefix, packed into one output.
+    Environment(Summary),
+    /// A Triton or MLServer model, or a model repository.
+    Models(targets::ModelsReport),
+}
+
 /// Runs the whole job.
-pub fn run(settings: &Settings, reporter: &SharedReporter) -> Result<Summary, Error> {
+pub fn run(settings: &Settings, reporter: &SharedReporter) -> Result<Report, Error> {
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
             .num_threads(settings.threads)
@@ -75,13 +90,293 @@ pub fn run(settings: &Settings, reporter: &SharedReporter) -> Result<Summary, Er
             .map_err(|e| Error::Usage(format!("cannot start {} threads: {e}", settings.threads)))?,
     );
     match &settings.input {
-        Input::Prefix(prefix) => pack_prefix(settings, prefix, pool, reporter),
-        Input::EnvironmentFile(file) => pack_environment(settings, file, pool, reporter),
+        Input::Prefix(prefix) => {
+            pack_prefix(settings, prefix, pool, reporter).map(Report::Environment)
+        }
+        Input::EnvironmentFile(file) => {
+            let p = Pipeline::new(settings, pool)?;
+            pack_environment(&p, file, reporter).map(Report::Environment)
+        }
+        Input::MlServerImage(file) => {
+            let p = Pipeline::new(settings, pool)?;
+            targets::pack_mlserver_image(&p, file, reporter).map(Report::Environment)
+        }
+        Input::Models { root, models } => {
+            let p = Pipeline::new(settings, pool)?;
+            targets::pack_models(&p, root, models, reporter).map(Report::Models)
+        }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+/// The shared resources of one run (thread pool, async runtime, HTTP client), and the steps
+/// that use them. One value serves several environments built at once: every step takes
+/// `&self`, and the pools are sized once from `--threads`, so concurrent builds share the
+/// machine's cores instead of multiplying threads.
+pub struct Pipeline<'a> {
+    /// The resolved settings.
+    pub settings: &'a Settings,
+    pool: Arc<rayon::ThreadPool>,
+    rt: tokio::runtime::Runtime,
+    client: rattler_networking::LazyClient,
+    pip_tool: PipTool,
+}
+
+/// An environment file, read and solved: the plan of one environment.
+#[derive(Debug, Clone)]
+pub struct Solved {
+    /// The environment file.
+    pub env: EnvironmentSpec,
+    /// The packages to install.
+    pub records: Vec<RepoDataRecord>,
+    /// The same, for reports (canonical channels).
+    pub packages: Vec<PackageSummary>,
+    /// Mirror URL prefix → canonical URL prefix, for `conda-meta`.
+    pub rewrites: Vec<(String, String)>,
+    /// Seconds per stage so far.
+    pub timings: Vec<(String, f64)>,
+}
+
+impl Solved {
+    /// A digest of everything that decides the archive's bytes: the package files, the `pip:`
+    /// lines (with the folder relative paths in them are relative to) and the `variables:`.
+    /// Two environments with the same identity pack to the same tarball.
+    #[must_use]
+    pub fn identity(&self) -> String {
+        let mut h = Sha256::new();
+        let mut urls: Vec<String> = self
+            .records
+            .iter()
+            .map(|r| {
+                let sha = r
+                    .package_record
+                    .sha256
+                    .map(|s| spec::hex(s.as_slice()))
+                    .unwrap_or_default();
+                format!("{} {sha}", r.url)
+            })
+            .collect();
+        urls.sort();
+        for u in &urls {
+            h.update(u.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(b"\0pip\n");
+        if refers_to_files(&self.env) {
+            h.update(self.env.base_dir().as_os_str().as_encoded_bytes());
+            h.update(b"\n");
+        }
+        for l in &self.env.pip {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(b"\0variables\n");
+        for (k, v) in &self.env.variables {
+            h.update(format!("{k}={v}\n").as_bytes());
+        }
+        spec::hex(&h.finalize())
+    }
+
+    /// The summary of this environment packed into `output` (sizes filled in by the pack).
+    #[must_use]
+    pub fn summary(&self, settings: &Settings, output: PathBuf, format: Format) -> Summary {
+        Summary {
+            environment_file: Some(self.env.path.clone()),
+            prefix: None,
+            output,
+            format,
+            size: 0,
+            platform: settings.platform.to_string(),
+            download_size: self.packages.iter().map(|p| p.size).sum(),
+            packages: self.packages.clone(),
+            pip: self.env.pip.clone(),
+            members: 0,
+            relocated_files: 0,
+            warnings: Vec::new(),
+            dry_run: settings.dry_run,
+            timings: self.timings.clone(),
+        }
+    }
+}
+
+/// Whether the environment file names files relative to its folder (a local channel, or a
+/// `pip:` line such as `-r requirements.txt` or `./pkg`): then its folder is part of what it is.
+#[must_use]
+pub fn refers_to_files(env: &EnvironmentSpec) -> bool {
+    let relative = |v: &str| !v.is_empty() && !v.contains("://") && !Path::new(v).is_absolute();
+    let local_channel = env
+        .channels
+        .iter()
+        .any(|c| c.starts_with('.') || c.starts_with('~'));
+    let pip_file = env.pip.iter().any(|line| {
+        let l = line.trim();
+        if l.starts_with("./") || l.starts_with("../") {
+            return true;
+        }
+        [
+            "-r",
+            "--requirement",
+            "-c",
+            "--constraint",
+            "-e",
+            "--editable",
+            "-f",
+            "--find-links",
+        ]
+        .iter()
+        .any(|opt| {
+            l.strip_prefix(opt).is_some_and(|rest| {
+                let short_glued = opt.len() == 2 && !rest.starts_with([' ', '=', '\t', '-']);
+                (rest.starts_with([' ', '=', '\t']) || short_glued)
+                    && relative(rest.trim_start_matches([' ', '=', '\t']))
+            })
+        })
+    });
+    local_channel || pip_file
+}
+
+/// An installed staging prefix. Removed on drop, unless `--keep-work` (then kept and named).
+pub struct Staged {
+    work: Option<tempfile::TempDir>,
+    /// The staging prefix.
+    pub prefix: PathBuf,
+    /// Seconds per stage of the install.
+    pub timings: Vec<(String, f64)>,
+    keep: bool,
+    reporter: SharedReporter,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.keep
+            && let Some(work) = self.work.take()
+        {
+            let kept = work.keep();
+            self.reporter.on_warning(&format!(
+                "staging prefix kept at {}",
+                kept.join("env").display()
+            ));
+        }
+    }
+}
+
+impl<'a> Pipeline<'a> {
+    /// Starts the runtime and the HTTP client (credentials are loaded here).
+    pub fn new(settings: &'a Settings, pool: Arc<rayon::ThreadPool>) -> Result<Self, Error> {
+        Ok(Self {
+            settings,
+            pool,
+            rt: runtime(settings.threads)?,
+            client: http_client()?,
+            pip_tool: PipTool::detect(),
+        })
+    }
+
+    /// Reads nothing new: solves `env` for the target, after checking that its `pip:` section
+    /// can be installed here.
+    pub fn solve(&self, env: EnvironmentSpec, reporter: &SharedReporter) -> Result<Solved, Error> {
+        let settings = self.settings;
+        if !env.pip.is_empty() {
+            // Before any work: the target must be runnable here.
+            install::check_pip_platform(settings.platform)?;
+        }
+        let t = Instant::now();
+        reporter.on_stage_start(Stage::Solve, None);
+        let solution = self.rt.block_on(solve::solve(SolveRequest {
+            spec: &env,
+            channels: &settings.channels,
+            platform: settings.platform,
+            virtual_packages: settings.virtual_packages.packages(settings.platform)?,
+            cache_dir: settings.cache_dir.clone(),
+            client: self.client.clone(),
+        }))?;
+        reporter.on_stage_end(Stage::Solve);
+        let timings = vec![("solve".to_string(), t.elapsed().as_secs_f64())];
+        if !env.pip.is_empty() {
+            install::check_pip(settings.platform, &solution.records, &self.pip_tool)?;
+        }
+        let rewrites = channels::canonical_rewrites(&solution.channels);
+        let packages = package_summaries(&solution, &rewrites);
+        Ok(Solved {
+            env,
+            records: solution.records,
+            packages,
+            rewrites,
+            timings,
+        })
+    }
+
+    /// Installs the solved packages, then the `pip:` section, into a fresh staging prefix.
+    pub fn install(&self, solved: &Solved, reporter: &SharedReporter) -> Result<Staged, Error> {
+        let settings = self.settings;
+        let work = work_dir(settings)?;
+        let prefix = work.path().join("env");
+        let mut staged = Staged {
+            prefix: prefix.clone(),
+            work: Some(work),
+            timings: Vec::new(),
+            keep: settings.keep_work,
+            reporter: reporter.clone(),
+        };
+        let t = Instant::now();
+        self.rt.block_on(install::install_conda(
+            &prefix,
+            solved.records.clone(),
+            settings.platform,
+            &settings.cache_dir,
+            self.client.clone(),
+            reporter.clone(),
+        ))?;
+        staged
+            .timings
+            .push(("install".to_string(), t.elapsed().as_secs_f64()));
+        if !solved.env.pip.is_empty() {
+            let t = Instant::now();
+            let work = staged.work.as_ref().map_or(Path::new("."), |w| w.path());
+            install::install_pip(
+                &prefix,
+                &solved.env.pip,
+                solved.env.base_dir(),
+                work,
+                &self.pip_tool,
+                reporter,
+            )?;
+            staged
+                .timings
+                .push(("pip".to_string(), t.elapsed().as_secs_f64()));
+        }
+        Ok(staged)
+    }
+
+    /// Packs the staging prefix into `summary.output` (in `summary.format`), filling in the
+    /// summary.
+    pub fn pack(
+        &self,
+        solved: &Solved,
+        staged: &Staged,
+        summary: &mut Summary,
+        reporter: &SharedReporter,
+    ) -> Result<(), Error> {
+        summary.timings.extend(staged.timings.iter().cloned());
+        let mut options = self.settings.pack.clone();
+        options.format = summary.format;
+        options.url_rewrites.clone_from(&solved.rewrites);
+        options.variables.clone_from(&solved.env.variables);
+        pack_staging(
+            summary,
+            &staged.prefix,
+            &options,
+            self.pool.clone(),
+            reporter,
+        )
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    // Network I/O and the installer's file work; CPU work runs on the rayon pool. Both are
+    // sized from --threads so that environments built at once share the cores.
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .max_blocking_threads((threads * 4).max(8))
         .enable_all()
         .build()
         .map_err(|source| Error::Io {
@@ -104,7 +399,8 @@ fn http_client() -> Result<rattler_networking::LazyClient, Error> {
     }))
 }
 
-fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
+/// Checks, before any work, that `output` may be written.
+pub fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
     if output.exists() && !settings.force && !settings.dry_run {
         return Err(PackError::OutputExists {
             path: output.to_path_buf(),
@@ -122,7 +418,9 @@ fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn default_output(name: &str, format: Format) -> PathBuf {
+/// `<name><extension>` in the current folder.
+#[must_use]
+pub fn default_output(name: &str, format: Format) -> PathBuf {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     cwd.join(format!("{name}{}", format.extension()))
 }
@@ -157,41 +455,26 @@ fn pack_prefix(
         timings.push(("pack".to_string(), t.elapsed().as_secs_f64()));
         size
     };
-    Ok(summary_of(
-        &plan,
-        None,
-        Some(plan.prefix.clone()),
-        output,
-        size,
-        settings,
-        Vec::new(),
-        Vec::new(),
-        timings,
-    ))
+    Ok(summary_of(&plan, output, size, settings, timings))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn summary_of(
     plan: &PackPlan,
-    environment_file: Option<PathBuf>,
-    prefix: Option<PathBuf>,
     output: PathBuf,
     size: u64,
     settings: &Settings,
-    packages: Vec<PackageSummary>,
-    pip: Vec<String>,
     timings: Vec<(String, f64)>,
 ) -> Summary {
     Summary {
-        environment_file,
-        prefix,
+        environment_file: None,
+        prefix: Some(plan.prefix.clone()),
         output,
         format: plan.format,
         size,
         platform: settings.platform.to_string(),
-        download_size: packages.iter().map(|p| p.size).sum(),
-        packages,
-        pip,
+        download_size: 0,
+        packages: Vec::new(),
+        pip: Vec::new(),
         members: plan.members.len(),
         relocated_files: plan.relocations.len(),
         warnings: plan.warnings.clone(),
@@ -201,11 +484,11 @@ fn summary_of(
 }
 
 fn pack_environment(
-    settings: &Settings,
+    p: &Pipeline,
     file: &Path,
-    pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<Summary, Error> {
+    let settings = p.settings;
     let env = spec::read(file)?;
     let name = env.name.clone().unwrap_or_else(|| "environment".into());
     let output = settings
@@ -213,93 +496,13 @@ fn pack_environment(
         .clone()
         .unwrap_or_else(|| default_output(&name, settings.pack.format));
     check_output(settings, &output)?;
-    let pip_tool = PipTool::detect();
-    if !env.pip.is_empty() {
-        // Before any work: the target must be runnable here.
-        install::check_pip_platform(settings.platform)?;
-    }
-    let rt = runtime()?;
-    let client = http_client()?;
-    let mut timings = Vec::new();
-
-    let t = Instant::now();
-    reporter.on_stage_start(Stage::Solve, None);
-    let solution = rt.block_on(solve::solve(SolveRequest {
-        spec: &env,
-        channels: &settings.channels,
-        platform: settings.platform,
-        virtual_packages: settings.virtual_packages.packages(settings.platform)?,
-        cache_dir: settings.cache_dir.clone(),
-        client: client.clone(),
-    }))?;
-    reporter.on_stage_end(Stage::Solve);
-    timings.push(("solve".to_string(), t.elapsed().as_secs_f64()));
-    if !env.pip.is_empty() {
-        install::check_pip(settings.platform, &solution.records, &pip_tool)?;
-    }
-    let rewrites = channels::canonical_rewrites(&solution.channels);
-    let packages = package_summaries(&solution, &rewrites);
-    let mut summary = Summary {
-        environment_file: Some(env.path.clone()),
-        prefix: None,
-        output,
-        format: settings.pack.format,
-        size: 0,
-        platform: settings.platform.to_string(),
-        download_size: packages.iter().map(|p| p.size).sum(),
-        packages,
-        pip: env.pip.clone(),
-        members: 0,
-        relocated_files: 0,
-        warnings: Vec::new(),
-        dry_run: settings.dry_run,
-        timings,
-    };
+    let solved = p.solve(env, reporter)?;
+    let mut summary = solved.summary(settings, output, settings.pack.format);
     if settings.dry_run {
         return Ok(summary);
     }
-
-    let work = work_dir(settings)?;
-    let staging = work.path().join("env");
-    let t = Instant::now();
-    rt.block_on(install::install_conda(
-        &staging,
-        solution.records,
-        settings.platform,
-        &settings.cache_dir,
-        client,
-        reporter.clone(),
-    ))?;
-    summary
-        .timings
-        .push(("install".to_string(), t.elapsed().as_secs_f64()));
-    drop(rt);
-    if !env.pip.is_empty() {
-        let t = Instant::now();
-        install::install_pip(
-            &staging,
-            &env.pip,
-            env.base_dir(),
-            work.path(),
-            &pip_tool,
-            reporter,
-        )?;
-        summary
-            .timings
-            .push(("pip".to_string(), t.elapsed().as_secs_f64()));
-    }
-
-    let mut options = settings.pack.clone();
-    options.url_rewrites = rewrites;
-    options.variables.clone_from(&env.variables);
-    pack_staging(&mut summary, &staging, &options, pool, reporter)?;
-    if settings.keep_work {
-        let kept = work.keep();
-        reporter.on_warning(&format!(
-            "staging prefix kept at {}",
-            kept.join("env").display()
-        ));
-    }
+    let staged = p.install(&solved, reporter)?;
+    p.pack(&solved, &staged, &mut summary, reporter)?;
     Ok(summary)
 }
 

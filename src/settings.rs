@@ -11,6 +11,7 @@ use crate::Error;
 use crate::channels::ChannelMap;
 use crate::pack::{Filter, Format, PackOptions};
 use crate::solve::{self, VirtualPackageSettings};
+use crate::targets::{self, Detected, Model, TritonVersion};
 
 /// What the user asked for, as parsed, before defaults.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +61,18 @@ pub struct Request {
     pub ignore_editable_packages: bool,
     /// `--no-auto-relocate`.
     pub no_auto_relocate: bool,
+    /// `--file`: the environment file (of a model, or instead of PATH).
+    pub file: Option<PathBuf>,
+    /// `--mlserver`: the image-level MLServer tarball.
+    pub mlserver: bool,
+    /// `--write-config`.
+    pub write_config: bool,
+    /// `--no-check`.
+    pub no_check: bool,
+    /// `--triton-version`.
+    pub triton_version: Option<String>,
+    /// `--parallel`.
+    pub parallel: Option<usize>,
 }
 
 /// What the pipeline packs.
@@ -69,10 +82,21 @@ pub enum Input {
     EnvironmentFile(PathBuf),
     /// An existing environment.
     Prefix(PathBuf),
+    /// An environment file, packed for MLServer's image (`MLSERVER_ENV_TARBALL`).
+    MlServerImage(PathBuf),
+    /// Triton or MLServer models: one model folder, or the models of a repository.
+    Models {
+        /// The repository root: the folder given for a repository, the model's parent folder
+        /// for a single model. Environment files are looked up to here.
+        root: PathBuf,
+        /// The models, sorted by path.
+        models: Vec<Model>,
+    },
 }
 
 /// Everything resolved.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // one field per flag
 pub struct Settings {
     /// What to pack.
     pub input: Input,
@@ -98,6 +122,18 @@ pub struct Settings {
     pub force: bool,
     /// How to pack.
     pub pack: PackOptions,
+    /// The environment file of every model (`--file`), instead of looking one up.
+    pub model_file: Option<PathBuf>,
+    /// The output's file name inside each model folder (`-o NAME` with models).
+    pub model_output_name: Option<String>,
+    /// Point each model's config at its tarball.
+    pub write_config: bool,
+    /// Run the consumer checks.
+    pub check: bool,
+    /// The Triton release to check against.
+    pub triton_version: Option<TritonVersion>,
+    /// Environments of a model repository built at once.
+    pub parallel: usize,
 }
 
 impl Settings {
@@ -107,18 +143,10 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
         cwd: &Path,
     ) -> Result<Settings, Error> {
-        let input = match (&req.prefix, &req.path) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Usage(
-                    "give either an environment file or --prefix, not both".into(),
-                ));
-            }
-            (Some(p), None) => Input::Prefix(cwd.join(p)),
-            (None, p) => {
-                let p = cwd.join(p.clone().unwrap_or_else(|| PathBuf::from(".")));
-                Input::EnvironmentFile(crate::spec::locate(&p)?)
-            }
-        };
+        let input = resolve_input(&req, cwd)?;
+        let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
+        let models = matches!(input, Input::Models { .. });
+        let triton_version = resolve_model_flags(&req, models)?;
         let alias = req
             .channel_alias
             .or_else(|| env("ENVPACK_CHANNEL_ALIAS").filter(|s| !s.is_empty()));
@@ -148,25 +176,6 @@ impl Settings {
         let work_dir = req
             .work_dir
             .map_or_else(std::env::temp_dir, |w| cwd.join(w));
-        let output = req.output.map(|o| cwd.join(o));
-        let format = match (&req.format, &output) {
-            (Some(f), _) => Format::parse(f).ok_or_else(|| {
-                Error::Usage(format!(
-                    "unknown format `{f}`: use tar.gz, tar.zst, tar or dir"
-                ))
-            })?,
-            (None, Some(o)) => Format::from_path(o).unwrap_or(Format::TarGz),
-            (None, None) => Format::TarGz,
-        };
-        if let (Some(o), true) = (&output, req.format.is_none())
-            && Format::from_path(o).is_none()
-            && !o.is_dir()
-        {
-            return Err(Error::Usage(format!(
-                "cannot tell the format from `{}`: name it .tar.gz, .tar.zst or .tar, or pass --format",
-                o.display()
-            )));
-        }
         if let Some(d) = &req.dest_prefix
             && !d.starts_with('/')
         {
@@ -183,6 +192,10 @@ impl Settings {
                     .map(std::num::NonZero::get)
             })
             .unwrap_or(1);
+        let parallel = req
+            .parallel
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| threads.min(4));
         Ok(Settings {
             input,
             output,
@@ -207,6 +220,138 @@ impl Settings {
                 ignore_editable_packages: req.ignore_editable_packages,
                 variables: Vec::new(),
             },
+            model_file: if models {
+                req.file.map(|f| cwd.join(f))
+            } else {
+                None
+            },
+            model_output_name,
+            write_config: req.write_config,
+            check: !req.no_check,
+            triton_version,
+            parallel,
         })
+    }
+}
+
+/// `--triton-version`, parsed, after checking that the model flags have models to act on.
+fn resolve_model_flags(req: &Request, models: bool) -> Result<Option<TritonVersion>, Error> {
+    let triton_version = req
+        .triton_version
+        .as_deref()
+        .map(str::parse::<TritonVersion>)
+        .transpose()
+        .map_err(Error::Usage)?;
+    if req.write_config && !models {
+        return Err(Error::Usage(
+                "--write-config needs a Triton or MLServer model folder (or a model repository) as PATH".into(),
+            ));
+    }
+    if triton_version.is_some() && !models {
+        return Err(Error::Usage(
+                "--triton-version applies to Triton models: give a model folder or a model repository as PATH".into(),
+            ));
+    }
+    Ok(triton_version)
+}
+
+/// The output, a model output name (`-o NAME` with models) and the format.
+fn resolve_output(
+    req: &Request,
+    input: &Input,
+    cwd: &Path,
+) -> Result<(Option<PathBuf>, Option<String>, Format), Error> {
+    // With models, a bare file name is the output's name inside each model folder.
+    let (output, model_output_name) = match (&req.output, input) {
+        (Some(o), Input::Models { models, .. }) if o.components().count() == 1 => {
+            let name = o
+                .to_str()
+                .ok_or_else(|| Error::Usage(format!("-o {} is not valid UTF-8", o.display())))?;
+            if models.len() == 1 {
+                (Some(models[0].dir.join(name)), Some(name.to_string()))
+            } else {
+                (None, Some(name.to_string()))
+            }
+        }
+        (Some(o), Input::Models { models, .. }) if models.len() > 1 => {
+            return Err(Error::Usage(format!(
+                "-o {}: with a model repository, -o takes a file name (written into each model folder)",
+                o.display()
+            )));
+        }
+        (o, _) => (o.as_ref().map(|o| cwd.join(o)), None),
+    };
+    let named = output
+        .clone()
+        .or_else(|| model_output_name.as_ref().map(PathBuf::from));
+    let format = match (&req.format, &named) {
+        (Some(f), _) => Format::parse(f).ok_or_else(|| {
+            Error::Usage(format!(
+                "unknown format `{f}`: use tar.gz, tar.zst, tar or dir"
+            ))
+        })?,
+        (None, Some(o)) => Format::from_path(o).unwrap_or(Format::TarGz),
+        (None, None) => Format::TarGz,
+    };
+    if let (Some(o), true) = (&named, req.format.is_none())
+        && Format::from_path(o).is_none()
+        && !o.is_dir()
+    {
+        return Err(Error::Usage(format!(
+            "cannot tell the format from `{}`: name it .tar.gz, .tar.zst or .tar, or pass --format",
+            o.display()
+        )));
+    }
+    Ok((output, model_output_name, format))
+}
+
+/// What PATH (and `--file`, `--prefix`, `--mlserver`) name.
+fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
+    if req.prefix.is_some() && (req.path.is_some() || req.file.is_some() || req.mlserver) {
+        return Err(Error::Usage(
+            "give either an environment file (or model) or --prefix, not both".into(),
+        ));
+    }
+    if let Some(p) = &req.prefix {
+        return Ok(Input::Prefix(cwd.join(p)));
+    }
+    if req.mlserver {
+        // The image-level tarball: PATH (or --file) is an environment file or its folder.
+        if req.path.is_some() && req.file.is_some() {
+            return Err(Error::Usage(
+                "with --mlserver, give the environment file either as PATH or with --file".into(),
+            ));
+        }
+        let p = cwd.join(
+            req.file
+                .clone()
+                .or_else(|| req.path.clone())
+                .unwrap_or_else(|| ".".into()),
+        );
+        return Ok(Input::MlServerImage(crate::spec::locate(&p)?));
+    }
+    if req.path.is_none()
+        && let Some(f) = &req.file
+    {
+        return Ok(Input::EnvironmentFile(crate::spec::locate(&cwd.join(f))?));
+    }
+    let p = cwd.join(req.path.clone().unwrap_or_else(|| PathBuf::from(".")));
+    match targets::detect(&p)? {
+        Detected::Model(model) => {
+            let root = model
+                .dir
+                .parent()
+                .map_or_else(|| model.dir.clone(), Path::to_path_buf);
+            Ok(Input::Models {
+                root,
+                models: vec![model],
+            })
+        }
+        Detected::Repository { root, models } => Ok(Input::Models { root, models }),
+        Detected::Environment if req.file.is_some() => Err(Error::Usage(format!(
+            "{} is not a model folder or model repository: --file names the environment file of a model; to pack an environment file, give it alone",
+            p.display()
+        ))),
+        Detected::Environment => Ok(Input::EnvironmentFile(crate::spec::locate(&p)?)),
     }
 }

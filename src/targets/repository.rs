@@ -1,0 +1,534 @@
+//! Packing models: one model folder, or every model of a repository, in one run.
+//!
+//! Plan first, for every model, before any work: its environment file, its output (which
+//! must not exist without `--force`), the format its server reads, its config (parsed; with
+//! `--write-config` the edit is computed). Then each distinct environment file is solved once
+//! (files with the same bytes are one; see [`solve_key`]), environments that solved to the
+//! same packages (same [`Solved::identity`]) are installed, checked and packed once, into the
+//! output of the first model that uses them, and the tarball is copied to the other models.
+//! Last, the configs are written: a config never points at a tarball that is not there.
+//!
+//! Distinct environments are solved and built at once, at most `--parallel` of them (default:
+//! the cores, at most 4). They share one rayon pool and one tokio runtime sized by
+//! `--threads`, so two builds split the cores instead of each taking all of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::config::{self, ConfigPlan};
+use super::{Model, Server, TargetError, checks};
+use crate::Error;
+use crate::pack::Format;
+use crate::pipeline::{self, Pipeline, Solved, Summary};
+use crate::report::{Reporter, SharedReporter};
+use crate::settings::Settings;
+use crate::spec::{self, EnvironmentSpec};
+
+/// What happened to one model.
+#[derive(Debug, Clone, Serialize)]
+#[allow(clippy::struct_excessive_bools)] // facts of a report
+pub struct ModelReport {
+    /// Its path below the repository root.
+    pub name: String,
+    /// Its server.
+    pub server: Server,
+    /// The model folder.
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// The environment file used.
+    pub environment_file: PathBuf,
+    /// Index of its environment in [`ModelsReport::environments`].
+    pub environment: usize,
+    /// The packed environment written for it.
+    pub output: PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Its size in bytes (for a folder: the bytes of its files); 0 on a dry run.
+    pub size: u64,
+    /// Seconds spent for this model: solve, install and pack for the model that built its
+    /// environment; the solve (if its file was solved for it) and the copy for the others.
+    pub seconds: f64,
+    /// Its environment file was solved for this model (not shared with an earlier model).
+    pub solved: bool,
+    /// Its environment was installed and packed for this model.
+    pub installed: bool,
+    /// The model whose packed environment was copied for this one.
+    pub reused_from: Option<String>,
+    /// `--write-config` changed its config.
+    pub config_written: bool,
+    /// Its config points at the output (after any `--write-config`).
+    pub config_points_at_output: bool,
+}
+
+/// What a model run did: the table and `--json` print the same facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelsReport {
+    /// The repository root (a single model's parent folder).
+    pub root: PathBuf,
+    /// The models, sorted by name.
+    pub models: Vec<ModelReport>,
+    /// The distinct environments, each installed and packed once.
+    pub environments: Vec<Summary>,
+    /// Warnings.
+    pub warnings: Vec<String>,
+    /// Nothing was written.
+    pub dry_run: bool,
+}
+
+/// One model, planned.
+struct Job {
+    model: Model,
+    file: PathBuf,
+    output: PathBuf,
+    config: ConfigPlan,
+}
+
+/// Passes warnings on and nothing else: the binary draws one set of progress bars, which
+/// several builds at once would fight over.
+struct WarningsOnly(SharedReporter);
+
+impl Reporter for WarningsOnly {
+    fn on_warning(&self, message: &str) {
+        self.0.on_warning(message);
+    }
+}
+
+/// Environment files that are the same environment before solving: the same bytes, and, when
+/// the file refers to files relative to its folder, the same folder.
+fn solve_key(env: &EnvironmentSpec) -> String {
+    if pipeline::refers_to_files(env) {
+        format!("{} {}", env.digest, env.base_dir().display())
+    } else {
+        env.digest.clone()
+    }
+}
+
+/// Runs `f` on every item, at most `limit` at once, results in item order. Panics propagate.
+fn fan_out<T: Sync, R: Send>(limit: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let limit = limit.clamp(1, items.len().max(1));
+    if limit == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..limit {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *results[i].lock().expect("result slot") = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("result slot")
+                .expect("every item ran")
+        })
+        .collect()
+}
+
+fn display_below(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root)
+        .map_or_else(|_| path.display().to_string(), |p| p.display().to_string())
+}
+
+/// Plans every model before any work: environment file, output, format, config.
+fn plan_jobs(settings: &Settings, root: &Path, models: &[Model]) -> Result<Vec<Job>, Error> {
+    let mut jobs = Vec::new();
+    for m in models {
+        let file = match &settings.model_file {
+            Some(f) => spec::locate(f)?,
+            None => super::find_environment_file(&m.dir, root)?,
+        };
+        let output = super::output_for(m, settings);
+        if settings.check {
+            checks::check_format(m.server.consumer(), settings.pack.format)?;
+        }
+        pipeline::check_output(settings, &output)?;
+        let config = config::plan(m, &output, settings.write_config)?;
+        jobs.push(Job {
+            model: m.clone(),
+            file,
+            output,
+            config,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Which job shares what with which: solves and builds, and the first job of each.
+struct Sharing {
+    solve_of_job: Vec<usize>,
+    build_of_job: Vec<usize>,
+    solve_leader: Vec<usize>,
+    build_leader: Vec<usize>,
+}
+
+impl Sharing {
+    fn new(solve_of_job: Vec<usize>, build_of_solve: &[usize]) -> Self {
+        let build_of_job: Vec<usize> = solve_of_job.iter().map(|s| build_of_solve[*s]).collect();
+        let leaders = |of: &[usize]| {
+            let n = of.iter().max().map_or(0, |m| m + 1);
+            (0..n)
+                .map(|k| of.iter().position(|x| *x == k).expect("a job per group"))
+                .collect::<Vec<_>>()
+        };
+        Self {
+            solve_leader: leaders(&solve_of_job),
+            build_leader: leaders(&build_of_job),
+            solve_of_job,
+            build_of_job,
+        }
+    }
+}
+
+/// Reads each environment file once and solves each distinct one, at most `--parallel` at
+/// once. Returns the solutions and, per job, the index of its solution.
+fn solve_all(
+    p: &Pipeline,
+    jobs: &[Job],
+    reporter: &SharedReporter,
+) -> Result<(Vec<Solved>, Vec<usize>), Error> {
+    let mut read: HashMap<PathBuf, EnvironmentSpec> = HashMap::new();
+    let mut keys: Vec<String> = Vec::new();
+    let mut envs: Vec<EnvironmentSpec> = Vec::new();
+    let mut solve_of_job = Vec::new();
+    for j in jobs {
+        let env = if let Some(e) = read.get(&j.file) {
+            e.clone()
+        } else {
+            let e = spec::read(&j.file)?;
+            read.insert(j.file.clone(), e.clone());
+            e
+        };
+        let key = solve_key(&env);
+        let i = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+            keys.push(key);
+            envs.push(env);
+            keys.len() - 1
+        });
+        solve_of_job.push(i);
+    }
+    let reporter = quiet(p.settings, reporter, envs.len());
+    let solved = fan_out(p.settings.parallel, &envs, |env| {
+        p.solve(env.clone(), &reporter)
+    })
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    Ok((solved, solve_of_job))
+}
+
+/// The reporter for `n` tasks at once: bars only when one runs at a time.
+fn quiet(settings: &Settings, reporter: &SharedReporter, n: usize) -> SharedReporter {
+    if settings.parallel > 1 && n > 1 {
+        Arc::new(WarningsOnly(reporter.clone()))
+    } else {
+        reporter.clone()
+    }
+}
+
+/// Packs every model: see the module documentation.
+pub fn pack_models(
+    p: &Pipeline,
+    root: &Path,
+    models: &[Model],
+    reporter: &SharedReporter,
+) -> Result<ModelsReport, Error> {
+    let settings = p.settings;
+    let format = settings.pack.format;
+    let jobs = plan_jobs(settings, root, models)?;
+    let mut warnings: Vec<String> = Vec::new();
+    for w in jobs.iter().flat_map(|j| &j.config.warnings) {
+        reporter.on_warning(w);
+        warnings.push(w.clone());
+    }
+    let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
+
+    // Each distinct package set once.
+    let mut identities: Vec<String> = Vec::new();
+    let mut build_of_solve = Vec::new();
+    for s in &solved {
+        let id = s.identity();
+        let b = identities.iter().position(|i| *i == id).unwrap_or_else(|| {
+            identities.push(id);
+            identities.len() - 1
+        });
+        build_of_solve.push(b);
+    }
+    let sh = Sharing::new(solve_of_job, &build_of_solve);
+
+    let mut seconds = vec![0.0; jobs.len()];
+    let environments: Vec<Summary> = if settings.dry_run {
+        sh.build_leader
+            .iter()
+            .map(|&j| solved[sh.solve_of_job[j]].summary(settings, jobs[j].output.clone(), format))
+            .collect()
+    } else {
+        let reporter = quiet(settings, reporter, sh.build_leader.len());
+        let built = fan_out(settings.parallel, &sh.build_leader, |&leader| {
+            let t = Instant::now();
+            let users: Vec<&Job> = (0..jobs.len())
+                .filter(|j| sh.build_of_job[*j] == sh.build_of_job[leader])
+                .map(|j| &jobs[j])
+                .collect();
+            let s = &solved[sh.solve_of_job[leader]];
+            build(p, s, &jobs[leader], &users, root, &reporter)
+                .map(|summary| (summary, t.elapsed().as_secs_f64()))
+        });
+        let mut environments = Vec::new();
+        for (b, r) in built.into_iter().enumerate() {
+            let (summary, elapsed) = r?;
+            seconds[sh.build_leader[b]] = elapsed;
+            for w in &summary.warnings {
+                if !warnings.contains(w) {
+                    warnings.push(w.clone());
+                }
+            }
+            environments.push(summary);
+        }
+        // Copy each environment to the other models that use it.
+        for (j, job) in jobs.iter().enumerate() {
+            let leader = sh.build_leader[sh.build_of_job[j]];
+            if leader != j {
+                let t = Instant::now();
+                copy_output(&jobs[leader].output, &job.output, format)?;
+                seconds[j] = t.elapsed().as_secs_f64();
+            }
+        }
+        environments
+    };
+    for (s, &j) in sh.solve_leader.iter().enumerate() {
+        if sh.build_leader[sh.build_of_job[j]] != j {
+            seconds[j] += solve_seconds(&solved[s]);
+        }
+    }
+
+    // Configs last: they point at tarballs that exist now.
+    let mut reports = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let written = !settings.dry_run && config::apply(&job.config)?;
+        let b = sh.build_of_job[j];
+        let leader = sh.build_leader[b];
+        reports.push(ModelReport {
+            name: job.model.name.clone(),
+            server: job.model.server,
+            dir: job.model.dir.clone(),
+            config: job.config.path.clone(),
+            environment_file: job.file.clone(),
+            environment: b,
+            output: job.output.clone(),
+            format,
+            size: environments[b].size,
+            seconds: seconds[j],
+            solved: sh.solve_leader[sh.solve_of_job[j]] == j,
+            installed: !settings.dry_run && leader == j,
+            reused_from: (leader != j).then(|| jobs[leader].model.name.clone()),
+            config_written: written,
+            config_points_at_output: job.config.points || written,
+        });
+    }
+    Ok(ModelsReport {
+        root: root.to_path_buf(),
+        models: reports,
+        environments,
+        warnings,
+        dry_run: settings.dry_run,
+    })
+}
+
+fn solve_seconds(s: &Solved) -> f64 {
+    s.timings
+        .iter()
+        .filter(|(n, _)| n == "solve")
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// Installs, checks for every model that uses it, and packs one environment into the output
+/// of `leader`.
+fn build(
+    p: &Pipeline,
+    solved: &Solved,
+    leader: &Job,
+    users: &[&Job],
+    root: &Path,
+    reporter: &SharedReporter,
+) -> Result<Summary, Error> {
+    let settings = p.settings;
+    let staged = p.install(solved, reporter)?;
+    let mut warnings: Vec<String> = Vec::new();
+    if settings.check {
+        let facts = checks::inspect(&staged.prefix)?;
+        let env_name = display_below(&leader.file, root);
+        for job in users {
+            let m = &job.model;
+            let found = match m.server {
+                Server::Triton => checks::check_triton(
+                    &facts,
+                    settings.triton_version,
+                    checks::custom_stub(&m.dir).is_file(),
+                ),
+                Server::MlServer => checks::check_mlserver(&facts),
+            }
+            .map_err(|source| TargetError::Check {
+                model: m.name.clone(),
+                server: m.server,
+                environment: leader.file.clone(),
+                source: Box::new(source),
+            })?;
+            for w in found {
+                let w = format!("{env_name}: {w}");
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
+    }
+    for w in &warnings {
+        reporter.on_warning(w);
+    }
+    let mut summary = solved.summary(settings, leader.output.clone(), settings.pack.format);
+    p.pack(solved, &staged, &mut summary, reporter)?;
+    summary.warnings.extend(warnings);
+    Ok(summary)
+}
+
+/// Copies a packed environment (a file or a folder) to `to`, through a temporary name beside
+/// it: never a partial output.
+fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError> {
+    let io = TargetError::io;
+    let dir = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = to
+        .file_name()
+        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{name}.");
+    if format == Format::Dir {
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .tempdir_in(dir)
+            .map_err(io(dir))?;
+        copy_tree(from, tmp.path())?;
+        let perms = fs_err::metadata(from).map_err(io(from))?.permissions();
+        fs_err::set_permissions(tmp.path(), perms).map_err(io(tmp.path()))?;
+        let kept = tmp.keep();
+        if to.exists() {
+            fs_err::remove_dir_all(to).map_err(io(to))?;
+        }
+        fs_err::rename(&kept, to).map_err(io(to))?;
+    } else {
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .tempfile_in(dir)
+            .map_err(io(dir))?;
+        fs_err::copy(from, tmp.path()).map_err(io(from))?;
+        tmp.persist(to).map_err(|e| TargetError::Io {
+            path: to.to_path_buf(),
+            source: e.error,
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies the contents of folder `from` into the existing folder `to`: files (with their
+/// modes), folders, and symlinks as symlinks.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), TargetError> {
+    let io = TargetError::io;
+    for e in fs_err::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(io(from))?;
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let ty = e.file_type().map_err(io(&src))?;
+        if ty.is_symlink() {
+            let target = fs_err::read_link(&src).map_err(io(&src))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io(&dst))?;
+        } else if ty.is_dir() {
+            fs_err::create_dir(&dst).map_err(io(&dst))?;
+            copy_tree(&src, &dst)?;
+            let perms = fs_err::metadata(&src).map_err(io(&src))?.permissions();
+            fs_err::set_permissions(&dst, perms).map_err(io(&dst))?;
+        } else {
+            fs_err::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_out_keeps_order_and_bounds_concurrency() {
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..12).collect();
+        let out = fan_out(3, &items, |i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&peak), "peak {peak}");
+        assert_eq!(fan_out(4, &[] as &[usize], |i| *i), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn copies_are_identical_files_and_trees() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a.tar.gz");
+        fs_err::write(&a, b"bytes").unwrap();
+        let b = t.path().join("m/b.tar.gz");
+        fs_err::create_dir_all(b.parent().unwrap()).unwrap();
+        copy_output(&a, &b, Format::TarGz).unwrap();
+        assert_eq!(fs_err::read(&b).unwrap(), b"bytes");
+
+        let src = t.path().join("env");
+        fs_err::create_dir_all(src.join("bin")).unwrap();
+        fs_err::write(src.join("bin/python3.11"), "py").unwrap();
+        std::os::unix::fs::symlink("python3.11", src.join("bin/python")).unwrap();
+        fs_err::set_permissions(
+            src.join("bin/python3.11"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let dst = t.path().join("m/env");
+        fs_err::create_dir_all(&dst).unwrap(); // an old output, replaced
+        copy_output(&src, &dst, Format::Dir).unwrap();
+        assert_eq!(
+            fs_err::read_link(dst.join("bin/python")).unwrap(),
+            Path::new("python3.11")
+        );
+        let mode = fs_err::metadata(dst.join("bin/python3.11"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        // No temporary left behind.
+        let names: Vec<String> = fs_err::read_dir(t.path().join("m"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
+    }
+}
