@@ -324,10 +324,12 @@ pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Resu
 pub fn compression_for(format: super::Format, level: Option<i32>) -> Option<Compression> {
     match format {
         super::Format::TarGz => Some(Compression::Gzip {
-            level: level.map_or(4, |l| l.clamp(0, 9).unsigned_abs()),
+            level: level.map_or(Compression::DEFAULT_GZIP_LEVEL, |l| {
+                l.clamp(0, 9).unsigned_abs()
+            }),
         }),
         super::Format::TarZst => Some(Compression::Zstd {
-            level: level.map_or(3, |l| l.clamp(1, 22)),
+            level: level.map_or(Compression::DEFAULT_ZSTD_LEVEL, |l| l.clamp(1, 22)),
         }),
         super::Format::Tar => Some(Compression::None),
         super::Format::Dir => None,
