@@ -202,10 +202,9 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
     let target = f.path().join(format!("x{}", "long".repeat(40)));
     extract(&out, &target);
     let t = &target;
-    assert_eq!(
-        first_line(t.join("bin/plain-py")),
-        "#!/usr/bin/env python3.11"
-    );
+    // Python scripts run the interpreter next to them, whatever PATH holds.
+    let trampoline = "#!/bin/sh\n'''exec' \"${0%/*}/python3.11\" \"$0\" \"$@\"\n' '''\n";
+    assert!(read(t.join("bin/plain-py")).starts_with(trampoline));
     assert_eq!(
         first_line(t.join("bin/opt-sh")),
         "#!/usr/bin/env -S mysh -e"
@@ -214,7 +213,7 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
     assert!(opt.starts_with("#!/bin/sh\n'''exec' "), "{opt}");
     assert!(opt.contains("/python3.11\" -E \"$0\" \"$@\""), "{opt}");
     // The entry point rattler generated with the staging prefix in its shebang.
-    assert_eq!(first_line(t.join("bin/greet")), "#!/usr/bin/env python3.11");
+    assert!(read(t.join("bin/greet")).starts_with(trampoline));
     for script in [
         "plain-py",
         "opt-py",
@@ -237,6 +236,14 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
         format!(
             "plain a b\nopt 1\nopt-sh -e\ngreet {r}/lib/python3.11/site-packages/greet/__init__.py hi\nprefix={r}\nlibdir={r}/lib\n",
             r = real.display()
+        )
+    );
+    // Run by path, without activation, an entry point still uses the environment's Python.
+    assert_eq!(
+        bash("bin/greet direct", t),
+        format!(
+            "greet {}/lib/python3.11/site-packages/greet/__init__.py direct\n",
+            real.display()
         )
     );
     assert_eq!(

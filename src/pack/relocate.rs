@@ -282,9 +282,11 @@ fn replace_all(hay: &[u8], finder: &memmem::Finder, from: &[u8], to: &[u8]) -> V
 /// A location-independent first line for a `bin/` script whose shebang points into `prefix`
 /// (`#!<prefix>/bin/<exe> [args]`), or `None` when it points elsewhere.
 ///
-/// Without arguments this is conda-pack's `#!/usr/bin/env <exe>`. With arguments `env` would
-/// get them as one word on Linux, so Python scripts get a `/bin/sh` trampoline that runs the
-/// interpreter next to the script, and others `env -S`.
+/// Python scripts get a `/bin/sh` trampoline that runs the interpreter next to the script
+/// (with its arguments, which `env` would get as one word on Linux): run by path, an entry
+/// point uses its own environment's Python whatever `PATH` holds, where conda-pack's
+/// `#!/usr/bin/env python3.11` runs the first `python3.11` on `PATH`. Other interpreters get
+/// conda-pack's `#!/usr/bin/env <exe>`, or `env -S` when they have arguments.
 #[must_use]
 pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
     let rest = line.strip_prefix(b"#!")?;
@@ -302,10 +304,15 @@ pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(
-        if args.is_empty() {
+        if exe.starts_with("python") {
+            let args = if args.is_empty() {
+                String::new()
+            } else {
+                format!(" {args}")
+            };
+            format!("#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\"{args} \"$0\" \"$@\"\n' '''\n")
+        } else if args.is_empty() {
             format!("#!/usr/bin/env {exe}\n")
-        } else if exe.starts_with("python") {
-            format!("#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\" {args} \"$0\" \"$@\"\n' '''\n")
         } else {
             format!("#!/usr/bin/env -S {exe} {args}\n")
         }
@@ -482,7 +489,11 @@ mod tests {
         let p = b"/stage/env";
         assert_eq!(
             shebang_for(b"#!/stage/env/bin/python3.11", p).unwrap(),
-            b"#!/usr/bin/env python3.11\n"
+            b"#!/bin/sh\n'''exec' \"${0%/*}/python3.11\" \"$0\" \"$@\"\n' '''\n"
+        );
+        assert_eq!(
+            shebang_for(b"#!/stage/env/bin/tclsh8.6", p).unwrap(),
+            b"#!/usr/bin/env tclsh8.6\n"
         );
         assert_eq!(
             shebang_for(b"#! /stage/env/bin/perl -w", p).unwrap(),
@@ -494,13 +505,13 @@ mod tests {
         assert!(t.contains("/python3.11\" -E \"$0\" \"$@\""));
         assert!(shebang_for(b"#!/usr/bin/python3", p).is_none());
         assert!(shebang_for(b"#!/stage/env/libexec/x", p).is_none());
-        let input = b"#!/stage/env/bin/python3.11\nimport sys # /stage/env\n";
+        let input = b"#!/stage/env/bin/tclsh8.6\nset x /stage/env\n";
         let t = Transform {
             mode: Some(Mode::Text),
-            shebang: shebang_for(b"#!/stage/env/bin/python3.11", p),
+            shebang: shebang_for(b"#!/stage/env/bin/tclsh8.6", p),
         };
         let out = run(input, &t, "/stage/env", "/A").unwrap();
-        assert_eq!(out, b"#!/usr/bin/env python3.11\nimport sys # /A\n");
+        assert_eq!(out, b"#!/usr/bin/env tclsh8.6\nset x /A\n");
     }
 
     #[test]
