@@ -11,6 +11,8 @@ mod support;
 
 mod docs;
 mod pack;
+mod parity;
+mod pip;
 mod servers;
 
 use std::collections::BTreeMap;
@@ -74,7 +76,7 @@ pub struct Case {
 fn main() {
     let args = Arguments::from_args();
     let required = std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cases: Vec<Case> = [docs::cases(), pack::cases()]
+    let cases: Vec<Case> = [docs::cases(), pack::cases(), parity::cases(), pip::cases()]
         .into_iter()
         .flatten()
         .collect();

@@ -1,0 +1,300 @@
+//! Parity with conda-pack: the same environment packed by conda-pack 0.9.2 (installed from PyPI
+//! by `.ci/install-servers` into `DIR/condapack`) and by envpack, each extracted to the same
+//! path and unpacked with its own `conda-unpack`, holds the same files with the same contents.
+//!
+//! conda-pack packs an existing prefix and takes each conda-managed file's *pristine* copy from
+//! the package cache named by the record's `link.source`; envpack's staging prefix, kept with
+//! `--keep-work`, has exactly such records (pointing at envpack's package cache), so conda-pack
+//! packs that prefix.
+//!
+//! Differences allowed, each for a reason:
+//! - Activation and unpacking are each tool's own: `bin/activate`, `bin/deactivate`,
+//!   `bin/conda-unpack` (both); `bin/activate.fish`, `bin/conda_unpack_progress.py`
+//!   (conda-pack); `share/envpack/` and the self-relocation hook in site-packages (envpack).
+//! - `CACHEDIR.TAG`: rattler's installer leaves its cache tag in the prefix; conda-pack packs it,
+//!   envpack drops it as installer state.
+//! - `bin/python3.X-config`: conda-pack's `conda-unpack` skips every record matching
+//!   `bin/python\d.\d` (meant for the interpreter, "Text file busy"), which also skips this
+//!   script, so it keeps the build placeholder; envpack relocates it. Checked exactly.
+//! - Permission bits: conda-pack keeps the packages' modes (0664/0775) and writes `conda-meta`
+//!   records 0600; envpack normalises to 0644/0755. Only the executable bit is compared.
+//! - `conda-meta/*.json`, compared as JSON with these fields left out: `url` and `channel`
+//!   (envpack maps the mirror it installed from back to conda-forge's URL; conda-pack keeps
+//!   the mirror's `file://` URL, a path of the build machine), and in `paths_data.paths`
+//!   `sha256_in_prefix` / `size_in_bytes` of files that hold the prefix and `sha256` of
+//!   generated entry points (envpack removes values measured in the staging prefix: they
+//!   depend on its path and are wrong wherever the environment is unpacked).
+//! - Python scripts in `bin/` (entry points such as `pip`): conda-pack writes
+//!   `#!/usr/bin/env python3.11`, which runs the first `python3.11` on `PATH`; envpack writes a
+//!   `/bin/sh` trampoline running the interpreter next to the script, so a script run by path
+//!   uses its own environment. The rest of the script must be identical. (Shebangs with
+//!   options get the same trampoline; there are none in this environment, the hermetic tests
+//!   cover them.)
+//!
+//! The wall time of both packs of the same prefix is printed (`parity timing:`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use libtest_mimic::Failed;
+use sha2::{Digest, Sha256};
+
+use crate::pack::pack_env;
+use crate::servers::ServersDir;
+use crate::support::{self, envpack, run_ok};
+use crate::{Case, Needs};
+
+pub fn cases() -> Vec<Case> {
+    vec![Case {
+        name: "parity::conda_pack_and_envpack_unpack_to_the_same_files",
+        needs: &[Needs::Channel, Needs::Servers],
+        run: conda_pack_and_envpack_unpack_to_the_same_files,
+    }]
+}
+
+/// One tree entry: a folder, a symlink and its target, or a file's executable bit and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    Link(PathBuf),
+    File { exec: bool, sha256: String },
+}
+
+fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let entry = if meta.is_dir() {
+                stack.push(path.clone());
+                Entry::Dir
+            } else if meta.file_type().is_symlink() {
+                Entry::Link(std::fs::read_link(&path).unwrap())
+            } else {
+                Entry::File {
+                    exec: meta.permissions().mode() & 0o111 != 0,
+                    sha256: envpack::spec::hex(&Sha256::digest(std::fs::read(&path).unwrap())),
+                }
+            };
+            out.insert(rel, entry);
+        }
+    }
+    out
+}
+
+/// Paths that are each tool's own (activation, unpacking, envpack's relocation data).
+fn own_addition(rel: &str) -> bool {
+    matches!(
+        rel,
+        "bin/activate"
+            | "bin/deactivate"
+            | "bin/conda-unpack"
+            | "bin/activate.fish"
+            | "bin/conda_unpack_progress.py"
+            | "CACHEDIR.TAG"
+            | "share/envpack"
+    ) || rel.starts_with("share/envpack/")
+        || rel.ends_with("site-packages/_envpack_relocate.py")
+        || rel.ends_with("site-packages/envpack-relocate.pth")
+}
+
+/// A `conda-meta` record without the fields the tools are allowed to differ in.
+fn normalised_record(path: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    obj.remove("url");
+    obj.remove("channel");
+    if let Some(paths) = obj
+        .get_mut("paths_data")
+        .and_then(|p| p.get_mut("paths"))
+        .and_then(|p| p.as_array_mut())
+    {
+        for e in paths.iter_mut().filter_map(|e| e.as_object_mut()) {
+            let generated = e
+                .get("path_type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.contains("entry_point"));
+            e.remove("sha256_in_prefix");
+            if generated {
+                e.remove("sha256");
+            }
+            if generated || e.contains_key("prefix_placeholder") {
+                e.remove("size_in_bytes");
+            }
+        }
+    }
+    v
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+// One scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
+fn conda_pack_and_envpack_unpack_to_the_same_files() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let conda_pack = servers.root.join("condapack/bin/conda-pack");
+    ensure(
+        conda_pack.is_file(),
+        format!(
+            "{} is missing: run `.ci/install-servers {}` again (it installs conda-pack)",
+            conda_pack.display(),
+            servers.root.display()
+        ),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let (envpack_tarball, staging) = pack_env(dir.path(), &["python=3.11", "numpy", "six"], &[]);
+    let envpack_pipeline = started.elapsed();
+    let prefix = staging.join("env");
+
+    // conda-pack needs the pristine package files: the records name envpack's package cache.
+    let record = std::fs::read_dir(prefix.join("conda-meta"))?
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("/numpy-"))
+        .ok_or("no numpy record")?;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&record)?)?;
+    let source = v["link"]["source"].as_str().unwrap_or_default();
+    ensure(
+        Path::new(source).join("info/paths.json").is_file(),
+        format!("the staging record's link.source is not an extracted package: {source:?}"),
+    )?;
+
+    let cp_tarball = dir.path().join("conda-pack.tar.gz");
+    let started = Instant::now();
+    run_ok(
+        Command::new(&conda_pack)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-o")
+            .arg(&cp_tarball)
+            .arg("-q"),
+    );
+    let conda_pack_time = started.elapsed();
+    let ep_prefix_tarball = dir.path().join("envpack-prefix.tar.gz");
+    let started = Instant::now();
+    run_ok(
+        envpack()
+            .args(["pack", "-q", "--prefix"])
+            .arg(&prefix)
+            .arg("-o")
+            .arg(&ep_prefix_tarball),
+    );
+    let envpack_time = started.elapsed();
+    eprintln!(
+        "parity timing: conda-pack -p PREFIX -o X.tar.gz: {:.2} s; envpack pack --prefix PREFIX -o X.tar.gz: {:.2} s \
+         (envpack pack environment.yml, solve + install + pack: {:.2} s; archives {} and {} bytes)",
+        conda_pack_time.as_secs_f64(),
+        envpack_time.as_secs_f64(),
+        envpack_pipeline.as_secs_f64(),
+        std::fs::metadata(&cp_tarball)?.len(),
+        std::fs::metadata(&ep_prefix_tarball)?.len(),
+    );
+
+    // Both extracted to the same path, each unpacked with its own conda-unpack.
+    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
+    let target = base.path().join("env");
+    support::extract(&cp_tarball, &target);
+    // conda-pack's conda-unpack is `#!/usr/bin/env python`: run it with the host's python3.
+    run_ok(
+        Command::new("python3")
+            .arg(target.join("bin/conda-unpack"))
+            .current_dir(&target),
+    );
+    let cp = tree(&target);
+    let cp_records: BTreeMap<String, serde_json::Value> = cp
+        .keys()
+        .filter(|k| k.starts_with("conda-meta/") && k.ends_with(".json"))
+        .map(|k| (k.clone(), normalised_record(&target.join(k))))
+        .collect();
+    let cp_config = std::fs::read_to_string(target.join("bin/python3.11-config"))?;
+    let cp_python_scripts: BTreeMap<String, Vec<u8>> = cp
+        .keys()
+        .filter(|k| k.starts_with("bin/"))
+        .filter_map(|k| {
+            let data = std::fs::read(target.join(k)).ok()?;
+            data.starts_with(b"#!/usr/bin/env python")
+                .then(|| (k.clone(), data))
+        })
+        .collect();
+    std::fs::remove_dir_all(&target)?;
+    support::extract(&envpack_tarball, &target);
+    run_ok(Command::new(target.join("bin/conda-unpack")).current_dir(&target));
+    let ep = tree(&target);
+    let real = target.canonicalize()?;
+
+    let mut differences = Vec::new();
+    let mut python_scripts = 0;
+    for key in cp.keys().chain(ep.keys().filter(|k| !cp.contains_key(*k))) {
+        if own_addition(key) {
+            continue;
+        }
+        let (a, b) = (cp.get(key), ep.get(key));
+        if key.starts_with("conda-meta/") && key.ends_with(".json") {
+            if b.is_none() || cp_records.get(key) != Some(&normalised_record(&target.join(key))) {
+                differences.push(format!("{key}: records differ"));
+            }
+            continue;
+        }
+        if key == "bin/python3.11-config" && a != b {
+            // conda-pack's conda-unpack skipped it: it still holds the build placeholder.
+            let ours = std::fs::read_to_string(target.join(key))?;
+            ensure(
+                cp_config.contains("_placehold") && !ours.contains("_placehold"),
+                "bin/python3.11-config differs for another reason than conda-pack skipping it",
+            )?;
+            ensure(
+                ours.contains(&format!("prefix=\"{}\"", real.display())),
+                format!("envpack's bin/python3.11-config is not relocated:\n{ours}"),
+            )?;
+            continue;
+        }
+        if let (Some(theirs), Some(Entry::File { .. })) = (cp_python_scripts.get(key), b)
+            && a != b
+        {
+            let ours = std::fs::read(target.join(key))?;
+            let body = |d: &[u8], lines: usize| {
+                d.splitn(lines + 1, |&c| c == b'\n')
+                    .last()
+                    .map(<[u8]>::to_vec)
+            };
+            if ours.starts_with(b"#!/bin/sh\n'''exec' \"${0%/*}/python")
+                && body(theirs, 1) == body(&ours, 3)
+            {
+                python_scripts += 1;
+                continue;
+            }
+        }
+        if a != b {
+            differences.push(format!("{key}: conda-pack {a:?}, envpack {b:?}"));
+        }
+    }
+    ensure(
+        differences.is_empty(),
+        format!(
+            "{} differences, e.g.:\n{}",
+            differences.len(),
+            differences
+                .iter()
+                .take(30)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    )?;
+    eprintln!("parity: {python_scripts} Python scripts differ only in their shebang");
+    // The comparison saw the whole environment.
+    ensure(
+        cp.len() > 1000 && ep.contains_key("lib/python3.11/site-packages/numpy/__init__.py"),
+        format!("only {} entries compared", cp.len()),
+    )?;
+    Ok(())
+}

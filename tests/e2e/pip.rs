@@ -1,0 +1,125 @@
+//! The `pip:` section: installed offline from the wheelhouse `.ci/install-servers` made
+//! (`cowsay 6.1`, pure Python with a `cowsay` console script), packed, extracted elsewhere, and
+//! the console script run from the extracted environment, after `source bin/activate` and
+//! directly by path.
+
+use std::path::Path;
+use std::process::Command;
+
+use libtest_mimic::Failed;
+
+use crate::servers::ServersDir;
+use crate::support::{self, envpack, run_ok};
+use crate::{Case, Needs, mirror_arg};
+
+pub fn cases() -> Vec<Case> {
+    vec![Case {
+        name: "pip::console_script_of_a_pip_dependency_runs_from_the_extracted_environment",
+        needs: &[Needs::Channel, Needs::Servers],
+        run: console_script_of_a_pip_dependency_runs_from_the_extracted_environment,
+    }]
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+/// Runs `script` with bash in `dir`, with a `sitecustomize` on `PYTHONPATH` that records which
+/// Python ran (its `sys.prefix`); returns (stdout, that prefix).
+fn run_probed(script: &str, dir: &Path, probe: &Path) -> Result<(String, String), Failed> {
+    let out_file = probe.join("ran-with");
+    let _ = std::fs::remove_file(&out_file);
+    let out = run_ok(
+        Command::new("bash")
+            .arg("-euc")
+            .arg(script)
+            .current_dir(dir)
+            .env("PYTHONPATH", probe)
+            .env("PROBE_OUT", &out_file)
+            .env_remove("PYTHONHOME")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("CONDA_PREFIX"),
+    );
+    let ran_with = std::fs::read_to_string(&out_file)
+        .map_err(|e| format!("the probe did not run ({e}): no Python started?"))?;
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), ran_with))
+}
+
+fn console_script_of_a_pip_dependency_runs_from_the_extracted_environment() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let wheels = servers.wheels();
+    let dir = tempfile::tempdir()?;
+    let env = dir.path().join("environment.yml");
+    std::fs::write(
+        &env,
+        format!(
+            "name: pip-e2e\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - --no-index\n    - --find-links {}\n    - cowsay==6.1\n",
+            wheels.display()
+        ),
+    )?;
+    let tarball = dir.path().join("pip-e2e.tar.gz");
+    let work = dir.path().join("work");
+    run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(&tarball)
+            .args(["--mirror", &mirror_arg(), "-q"])
+            .arg("--work-dir")
+            .arg(&work),
+    );
+    let members = support::list(&tarball);
+    ensure(
+        members.iter().any(|m| m == "bin/cowsay")
+            && members
+                .iter()
+                .any(|m| m.starts_with("lib/python3.11/site-packages/cowsay-6.1.dist-info/")),
+        "the archive has no bin/cowsay or cowsay-6.1.dist-info",
+    )?;
+
+    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
+    let t = base.path().join("env");
+    support::extract(&tarball, &t);
+    let real = t.canonicalize()?;
+    let probe = dir.path().join("probe");
+    std::fs::create_dir(&probe)?;
+    std::fs::write(
+        probe.join("sitecustomize.py"),
+        "import os, sys\nwith open(os.environ['PROBE_OUT'], 'w') as f:\n    f.write(sys.prefix)\n",
+    )?;
+
+    // After `source bin/activate` (which also relocates the environment, once).
+    let (out, ran_with) = run_probed("set +u; source bin/activate; cowsay -t moo", &t, &probe)?;
+    ensure(
+        out.contains("moo") && out.contains("||"),
+        format!("cowsay printed:\n{out}"),
+    )?;
+    ensure(
+        Path::new(&ran_with) == real,
+        format!(
+            "cowsay ran with the Python of {ran_with}, not {}",
+            real.display()
+        ),
+    )?;
+    // Directly by path, with the caller's PATH (whatever python3.11 it holds).
+    let (out, ran_with) = run_probed("\"$PWD/bin/cowsay\" -t direct", &t, &probe)?;
+    ensure(out.contains("direct"), format!("cowsay printed:\n{out}"))?;
+    ensure(
+        Path::new(&ran_with) == real,
+        format!(
+            "bin/cowsay run by path used the Python of {ran_with}, not {}",
+            real.display()
+        ),
+    )?;
+    // A second copy, never activated: run by path first.
+    let second = base.path().join("second");
+    support::extract(&tarball, &second);
+    let (out, ran_with) = run_probed("\"$PWD/bin/cowsay\" -t first", &second, &probe)?;
+    ensure(out.contains("first"), format!("cowsay printed:\n{out}"))?;
+    ensure(
+        Path::new(&ran_with) == second.canonicalize()?,
+        format!("bin/cowsay run by path used the Python of {ran_with}"),
+    )?;
+    Ok(())
+}
