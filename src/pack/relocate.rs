@@ -305,18 +305,28 @@ pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
     }
     Some(
         if exe.starts_with("python") {
-            let args = if args.is_empty() {
-                String::new()
-            } else {
-                format!(" {args}")
-            };
-            format!("#!/bin/sh\n'''exec' \"${{0%/*}}/{exe}\"{args} \"$0\" \"$@\"\n' '''\n")
+            python_trampoline(exe, args)
         } else if args.is_empty() {
             format!("#!/usr/bin/env {exe}\n")
         } else {
             format!("#!/usr/bin/env -S {exe} {args}\n")
         }
         .into_bytes(),
+    )
+}
+
+/// The first lines of a Python script that runs the interpreter `exe` next to the script
+/// (symlinks to the script resolved when `readlink` is there), whatever PATH holds and wherever
+/// the environment is: valid sh, and a string literal for Python.
+#[must_use]
+pub fn python_trampoline(exe: &str, args: &str) -> String {
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" {args}")
+    };
+    format!(
+        "#!/bin/sh\n'''true';p=$(readlink -f -- \"$0\" 2>/dev/null)||p=$0;case $p in */*);;*)p=./$p;;esac;exec \"${{p%/*}}/{exe}\"{args} \"$0\" \"$@\"\n' '''\n"
     )
 }
 
@@ -489,7 +499,7 @@ mod tests {
         let p = b"/stage/env";
         assert_eq!(
             shebang_for(b"#!/stage/env/bin/python3.11", p).unwrap(),
-            b"#!/bin/sh\n'''exec' \"${0%/*}/python3.11\" \"$0\" \"$@\"\n' '''\n"
+            python_trampoline("python3.11", "").into_bytes()
         );
         assert_eq!(
             shebang_for(b"#!/stage/env/bin/tclsh8.6", p).unwrap(),
@@ -501,7 +511,7 @@ mod tests {
         );
         let t =
             String::from_utf8(shebang_for(b"#!/stage/env/bin/python3.11 -E", p).unwrap()).unwrap();
-        assert!(t.starts_with("#!/bin/sh\n'''exec' "));
+        assert!(t.starts_with("#!/bin/sh\n'''true';"));
         assert!(t.contains("/python3.11\" -E \"$0\" \"$@\""));
         assert!(shebang_for(b"#!/usr/bin/python3", p).is_none());
         assert!(shebang_for(b"#!/stage/env/libexec/x", p).is_none());
@@ -539,6 +549,26 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 ['a b']");
+        // Through a symlink from another folder (as in /usr/local/bin), and by a relative name.
+        let link = d.path().join("tool-link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        for (cmd, dir) in [
+            (link.clone(), d.path().to_path_buf()),
+            ("./tool".into(), bin.clone()),
+        ] {
+            let out = std::process::Command::new(&cmd)
+                .arg("x")
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                cmd.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 ['x']");
+        }
     }
 
     fn which_python() -> std::path::PathBuf {

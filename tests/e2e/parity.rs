@@ -266,9 +266,7 @@ fn conda_pack_and_envpack_unpack_to_the_same_files() -> Result<(), Failed> {
                     .last()
                     .map(<[u8]>::to_vec)
             };
-            if ours.starts_with(b"#!/bin/sh\n'''exec' \"${0%/*}/python")
-                && body(theirs, 1) == body(&ours, 3)
-            {
+            if ours.starts_with(b"#!/bin/sh\n'''true';") && body(theirs, 1) == body(&ours, 3) {
                 python_scripts += 1;
                 continue;
             }
