@@ -10,10 +10,13 @@
 mod support;
 
 mod docs;
+mod mlserver;
 mod pack;
 mod parity;
 mod pip;
+mod repository;
 mod servers;
+mod triton;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -76,10 +79,18 @@ pub struct Case {
 fn main() {
     let args = Arguments::from_args();
     let required = std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cases: Vec<Case> = [docs::cases(), pack::cases(), parity::cases(), pip::cases()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let cases: Vec<Case> = [
+        docs::cases(),
+        pack::cases(),
+        parity::cases(),
+        pip::cases(),
+        triton::cases(),
+        mlserver::cases(),
+        repository::cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut missing: BTreeMap<Needs, String> = BTreeMap::new();
     let mut skipped = 0;
     let trials: Vec<Trial> = cases
