@@ -573,3 +573,48 @@ fn canonical(url: &str, rewrites: &[(String, String)]) -> String {
             |(f, t)| format!("{t}{}", &trimmed[f.len()..]),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(channels: &[&str], pip: &[&str]) -> EnvironmentSpec {
+        EnvironmentSpec {
+            path: PathBuf::from("/m/environment.yml"),
+            name: None,
+            channels: channels.iter().map(ToString::to_string).collect(),
+            dependencies: Vec::new(),
+            pip: pip.iter().map(ToString::to_string).collect(),
+            variables: Vec::new(),
+            digest: String::new(),
+        }
+    }
+
+    #[test]
+    fn files_named_relative_to_the_environment_file_are_noticed() {
+        assert!(!refers_to_files(&env(&["conda-forge"], &[])));
+        assert!(!refers_to_files(&env(
+            &["https://x/y", "conda-forge"],
+            &[
+                "--no-index",
+                "--find-links /srv/wheels",
+                "-r /abs/r.txt",
+                "--extra-index-url https://pypi.example/simple",
+                "mlserver==1.7.1",
+                "uvloop<0.22",
+            ]
+        )));
+        assert!(refers_to_files(&env(&["./channel"], &[])));
+        for line in [
+            "-r requirements.txt",
+            "-rrequirements.txt",
+            "--requirement=sub/r.txt",
+            "-e ./pkg",
+            "./wheels/x.whl",
+            "--find-links wheels",
+            "-c constraints.txt",
+        ] {
+            assert!(refers_to_files(&env(&[], &[line])), "{line}");
+        }
+    }
+}

@@ -355,3 +355,165 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
         Detected::Environment => Ok(Input::EnvironmentFile(crate::spec::locate(&p)?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(req: Request, cwd: &Path) -> Result<Settings, Error> {
+        let req = Request {
+            cache_dir: Some(cwd.join("cache")),
+            ..req
+        };
+        Settings::resolve(req, &|_| None, cwd)
+    }
+
+    /// `models/{tri,mls}` and `models/environment.yml`, in a canonical temporary folder.
+    fn repo() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs_err::canonicalize(t.path()).unwrap();
+        let models = root.join("models");
+        for (dir, file) in [("tri", "config.pbtxt"), ("mls", "model-settings.json")] {
+            fs_err::create_dir_all(models.join(dir)).unwrap();
+            fs_err::write(models.join(dir).join(file), "{}").unwrap();
+        }
+        fs_err::write(models.join("environment.yml"), "dependencies: [python]").unwrap();
+        (t, root)
+    }
+
+    fn path(p: &str) -> Request {
+        Request {
+            path: Some(p.into()),
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn a_model_folder_is_packed_as_a_model_of_its_parent_repository() {
+        let (_t, root) = repo();
+        let s = resolve(path("models/tri"), &root).unwrap();
+        let Input::Models { root: r, models } = &s.input else {
+            panic!("{:?}", s.input)
+        };
+        assert_eq!(r, &root.join("models"));
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].server, targets::Server::Triton);
+        let s = resolve(path("models"), &root).unwrap();
+        assert!(matches!(&s.input, Input::Models { models, .. } if models.len() == 2));
+        // The environment file itself is packed as before.
+        let s = resolve(path("models/environment.yml"), &root).unwrap();
+        assert_eq!(
+            s.input,
+            Input::EnvironmentFile(root.join("models/environment.yml"))
+        );
+    }
+
+    #[test]
+    fn a_bare_output_name_goes_into_each_model_folder() {
+        let (_t, root) = repo();
+        let s = resolve(
+            Request {
+                output: Some("env.tar".into()),
+                ..path("models")
+            },
+            &root,
+        )
+        .unwrap();
+        assert_eq!(s.model_output_name.as_deref(), Some("env.tar"));
+        assert_eq!(s.output, None);
+        assert_eq!(s.pack.format, Format::Tar);
+        let s = resolve(
+            Request {
+                output: Some("x.tar.gz".into()),
+                ..path("models/tri")
+            },
+            &root,
+        )
+        .unwrap();
+        assert_eq!(s.output, Some(root.join("models/tri/x.tar.gz")));
+        let e = resolve(
+            Request {
+                output: Some("out/x.tar.gz".into()),
+                ..path("models")
+            },
+            &root,
+        )
+        .unwrap_err();
+        assert!(e.is_usage(), "{e}");
+    }
+
+    #[test]
+    fn model_flags_need_models_and_a_valid_release() {
+        let (_t, root) = repo();
+        fs_err::create_dir_all(root.join("plain")).unwrap();
+        let env_file = || path("models/environment.yml");
+        for req in [
+            Request {
+                write_config: true,
+                ..env_file()
+            },
+            Request {
+                triton_version: Some("24.10".into()),
+                ..env_file()
+            },
+            Request {
+                triton_version: Some("2.51.0".into()),
+                ..path("models")
+            },
+            // --file with a folder that holds no model.
+            Request {
+                file: Some("models/environment.yml".into()),
+                ..path("plain")
+            },
+        ] {
+            let e = resolve(req.clone(), &root).unwrap_err();
+            assert!(e.is_usage(), "{req:?}: {e}");
+        }
+        let s = resolve(
+            Request {
+                triton_version: Some("24.10".into()),
+                write_config: true,
+                no_check: true,
+                file: Some("models/environment.yml".into()),
+                ..path("models")
+            },
+            &root,
+        )
+        .unwrap();
+        assert_eq!(
+            s.triton_version.map(|v| v.to_string()).as_deref(),
+            Some("24.10")
+        );
+        assert!(s.write_config && !s.check);
+        assert_eq!(s.model_file, Some(root.join("models/environment.yml")));
+    }
+
+    #[test]
+    fn mlserver_and_file_alone_name_an_environment_file() {
+        let (_t, root) = repo();
+        let s = resolve(
+            Request {
+                mlserver: true,
+                ..path("models")
+            },
+            &root,
+        )
+        .unwrap();
+        assert_eq!(
+            s.input,
+            Input::MlServerImage(root.join("models/environment.yml"))
+        );
+        let s = resolve(
+            Request {
+                file: Some("models/environment.yml".into()),
+                ..Request::default()
+            },
+            &root,
+        )
+        .unwrap();
+        assert_eq!(
+            s.input,
+            Input::EnvironmentFile(root.join("models/environment.yml"))
+        );
+    }
+}

@@ -122,7 +122,7 @@ fn sha256(path: &Path) -> Result<String, Failed> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(envpack::spec::hex(&h.finalize()))
 }
 
 fn per_model_tarball_runs_the_environments_python_and_mlserver() -> Result<(), Failed> {

@@ -14,11 +14,107 @@ use crate::triton::{TRITON_ENV, ensure, infer_info, ran_from, write_model};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "repository::shared_environment_is_built_once_and_every_model_loads",
-        needs: &[Needs::Channel, Needs::Servers],
-        run: shared_environment_is_built_once_and_every_model_loads,
-    }]
+    vec![
+        Case {
+            name: "repository::shared_environment_is_built_once_and_every_model_loads",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: shared_environment_is_built_once_and_every_model_loads,
+        },
+        Case {
+            name: "repository::failed_checks_and_bad_configs_write_nothing",
+            needs: &[Needs::Channel],
+            run: failed_checks_and_bad_configs_write_nothing,
+        },
+    ]
+}
+
+/// Every file below `dir`, relative, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn failed_checks_and_bad_configs_write_nothing() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let repo = dir.path().join("models");
+    write_model(&repo, "tri");
+    std::fs::write(repo.join("environment.yml"), TRITON_ENV)?;
+    let mls = repo.join("mls");
+    std::fs::create_dir_all(&mls)?;
+    let settings = "{\n  \"name\": \"mls\",\n  \"implementation\": \"model.M\"\n}\n";
+    std::fs::write(mls.join("model-settings.json"), settings)?;
+    let before = tree(&repo);
+    let pack = |extra: &[&str]| {
+        let mut c = envpack();
+        c.arg("pack")
+            .arg(&repo)
+            .args(["--no-progress", "--mirror", &mirror_arg()])
+            .args(extra);
+        c
+    };
+
+    // The dry run solves the shared environment once, for both models, and writes nothing.
+    let out = run_ok(&mut pack(&["--dry-run", "--json"]));
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let solved: Vec<bool> = report["models"]
+        .as_array()
+        .map(|m| m.iter().map(|m| m["solved"] == true).collect())
+        .unwrap_or_default();
+    ensure(solved == [true, false], format!("dry run: {report}"))?;
+    ensure(tree(&repo) == before, "the dry run wrote")?;
+
+    // The MLServer model's environment has no mlserver: an error with the fix, found in the
+    // staging prefix, before any tarball or config is written.
+    let out = support::run_err(&mut pack(&["--write-config"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        err.contains("mlserver is not installed") && err.contains("hint: add `mlserver`"),
+        format!("stderr: {err}"),
+    )?;
+    ensure(tree(&repo) == before, format!("wrote {:?}", tree(&repo)))?;
+    let with_check_off = run_ok(&mut pack(&["--no-check", "--json"]));
+    let report: Value = serde_json::from_slice(&with_check_off.stdout)?;
+    ensure(
+        report["models"].as_array().map(Vec::len) == Some(2)
+            && repo.join("mls/environment.tar.gz").is_file()
+            && repo.join("tri/model-conda.tar.gz").is_file(),
+        format!("--no-check: {report}"),
+    )?;
+    // Without --write-config the configs are left alone, with a warning that gives the fix.
+    let err = String::from_utf8_lossy(&with_check_off.stderr);
+    ensure(
+        std::fs::read_to_string(mls.join("model-settings.json"))? == settings,
+        "model-settings.json changed",
+    )?;
+    ensure(
+        err.contains("\"environment_tarball\": \"./environment.tar.gz\""),
+        format!("stderr: {err}"),
+    )?;
+
+    // A config.pbtxt that does not parse stops --write-config before any work, naming the line.
+    std::fs::write(
+        repo.join("tri/config.pbtxt"),
+        "name: \"tri\"\nparameters {\n  key: }\n",
+    )?;
+    let out = support::run_err(&mut pack(&["--write-config", "--force"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        err.contains("config.pbtxt") && err.contains("line 3"),
+        format!("stderr: {err}"),
+    )?;
+    Ok(())
 }
 
 fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed> {
@@ -34,7 +130,7 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
         format!("{TRITON_ENV}  - six\n"),
     )?;
 
-    let t = Instant::now();
+    let started = Instant::now();
     let out = run_ok(
         envpack()
             .arg("pack")
@@ -42,7 +138,10 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
             .args(["--write-config", "--json", "-q", "--parallel", "2"])
             .args(["--mirror", &mirror_arg()]),
     );
-    eprintln!("repository packed in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "repository packed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let report: Value = serde_json::from_slice(&out.stdout)?;
     let models = report["models"].as_array().cloned().unwrap_or_default();
     let row = |name: &str| {
@@ -86,13 +185,13 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
 
     // Every tarball works on its own.
     for m in ["a_shared", "b_shared", "c_own"] {
-        let x = tempfile::tempdir()?;
-        support::extract(&tarball(m), x.path());
-        let v = sh(
+        let extracted = tempfile::tempdir()?;
+        support::extract(&tarball(m), extracted.path());
+        let version = sh(
             "bin/python -c 'import numpy; print(numpy.__version__)'",
-            x.path(),
+            extracted.path(),
         );
-        ensure(v.starts_with("1.26"), format!("{m}: numpy {v}"))?;
+        ensure(version.starts_with("1.26"), format!("{m}: numpy {version}"))?;
     }
     let six = tempfile::tempdir()?;
     support::extract(&tarball("c_own"), six.path());
