@@ -50,15 +50,9 @@ pub fn write_tar(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    let (dir, prefix) = temp_beside(out);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&prefix)
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(PackError::io(dir))?;
@@ -91,6 +85,19 @@ pub fn write_tar(
     set_output_mode(tmp.path())?;
     tmp.persist(out).map_err(|e| PackError::io(out)(e.error))?;
     Ok(size)
+}
+
+/// The folder of `out` and the name prefix of its hidden `.<name>.XXXX.partial` temporary:
+/// the output appears by rename only when complete, on the same file system.
+fn temp_beside(out: &Path) -> (&Path, String) {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    (dir, format!(".{name}."))
 }
 
 /// 0644 less the umask, as for any file a user creates (never conda-pack's 0600).
@@ -260,15 +267,9 @@ fn mode(executable: bool) -> u32 {
 /// touch the package cache.
 pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Result<u64, PackError> {
     use std::os::unix::fs::PermissionsExt;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
+    let (parent, prefix) = temp_beside(out);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&prefix)
         .suffix(".partial")
         .tempdir_in(parent)
         .map_err(PackError::io(parent))?;
