@@ -25,13 +25,13 @@ pub enum Command {
 /// How PATH is read, for `envpack pack --help`.
 const MODELS_HELP: &str = "\
 What PATH is:
-  a file                     an environment file
-  a folder with config.pbtxt a Triton model (python backend)
-  a folder with model-settings.json
-                             an MLServer model
-  a folder with models below a model repository: every model in its subfolders (up to 4
-                             levels; hidden folders and conda environments skipped)
-  any other folder           holds environment.yml (or environment.yaml)
+  a file                             an environment file
+  a folder with config.pbtxt         a Triton model (python backend)
+  a folder with model-settings.json  an MLServer model
+  a folder with models below it      a model repository: every model in its subfolders (up
+                                     to 4 levels; hidden folders, conda environments and
+                                     folders inside a model skipped)
+  any other folder                   holds environment.yml (or environment.yaml)
 
 A model's environment file (unless --file names one) is the first that exists of
   1. MODEL/environment.yml, MODEL/environment.yaml
