@@ -550,10 +550,10 @@ mod tests {
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 ['a b']");
         // Through a symlink from another folder (as in /usr/local/bin), and by a relative name.
-        let link = d.path().join("tool-link");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let symlinked = d.path().join("tool-link");
+        std::os::unix::fs::symlink(&path, &symlinked).unwrap();
         for (cmd, dir) in [
-            (link.clone(), d.path().to_path_buf()),
+            (symlinked.clone(), d.path().to_path_buf()),
             ("./tool".into(), bin.clone()),
         ] {
             let out = std::process::Command::new(&cmd)
