@@ -326,8 +326,52 @@ pub fn install_pip(
         });
     }
     tracing::debug!("{}", String::from_utf8_lossy(&out.stdout));
+    for replaced in forget_replaced_conda_packages(prefix)? {
+        reporter.on_warning(&format!(
+            "pip replaced the conda package {replaced}; the environment keeps pip's version"
+        ));
+    }
     reporter.on_stage_end(Stage::Pip);
     Ok(())
+}
+
+/// Drops the `conda-meta` records of conda packages whose files pip removed (it upgraded or
+/// replaced them to satisfy the `pip:` section), as the staging prefix no longer holds them.
+/// Returns `name-version-build` of each.
+fn forget_replaced_conda_packages(prefix: &Path) -> Result<Vec<String>, InstallError> {
+    let meta = prefix.join("conda-meta");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InstallError::Io { path, source }
+    };
+    let mut names: Vec<PathBuf> = fs_err::read_dir(&meta)
+        .map_err(io(&meta))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    let mut replaced = Vec::new();
+    for record in names {
+        let text = fs_err::read_to_string(&record).map_err(io(&record))?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let files = v["files"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let gone = files
+            .iter()
+            .filter_map(|f| f.as_str())
+            .any(|f| std::fs::symlink_metadata(prefix.join(f)).is_err());
+        if gone {
+            fs_err::remove_file(&record).map_err(io(&record))?;
+            replaced.push(
+                record
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+            );
+        }
+    }
+    Ok(replaced)
 }
 
 /// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`.

@@ -13,11 +13,18 @@ use crate::support::{self, envpack, run_ok};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "pip::console_script_of_a_pip_dependency_runs_from_the_extracted_environment",
-        needs: &[Needs::Channel, Needs::Servers],
-        run: console_script_of_a_pip_dependency_runs_from_the_extracted_environment,
-    }]
+    vec![
+        Case {
+            name: "pip::console_script_of_a_pip_dependency_runs_from_the_extracted_environment",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: console_script_of_a_pip_dependency_runs_from_the_extracted_environment,
+        },
+        Case {
+            name: "pip::pip_replacing_a_conda_package_keeps_pips_version",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: pip_replacing_a_conda_package_keeps_pips_version,
+        },
+    ]
 }
 
 fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
@@ -120,6 +127,54 @@ fn console_script_of_a_pip_dependency_runs_from_the_extracted_environment() -> R
     ensure(
         Path::new(&ran_with) == second.canonicalize()?,
         format!("bin/cowsay run by path used the Python of {ran_with}"),
+    )?;
+    Ok(())
+}
+
+/// pip upgrading a conda package (numpy 1.26 from conda, 2.x from the `pip:` section): the
+/// environment keeps pip's version, the conda record is dropped with a warning, and the pack
+/// does not fail over the files pip removed.
+fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let env = dir.path().join("environment.yml");
+    std::fs::write(
+        &env,
+        format!(
+            "name: pip-replaces\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - numpy<2\n  - pip\n  - pip:\n    - --no-index\n    - --find-links {}\n    - numpy==2.4.6\n",
+            servers.wheels().display()
+        ),
+    )?;
+    let tarball = dir.path().join("out.tar.gz");
+    let out = run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(&tarball)
+            .args(["--mirror", &mirror_arg(), "--no-progress"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        stderr.contains("pip replaced the conda package numpy-1.26.4"),
+        format!("no warning about the replaced numpy: {stderr}"),
+    )?;
+    let x = dir.path().join("x");
+    support::extract(&tarball, &x);
+    let records: Vec<String> = std::fs::read_dir(x.join("conda-meta"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure(
+        !records.iter().any(|r| r.starts_with("numpy-")),
+        format!("numpy's conda record is still there: {records:?}"),
+    )?;
+    let out = run_ok(
+        Command::new(x.join("bin/python")).args(["-c", "import numpy; print(numpy.__version__)"]),
+    );
+    ensure(
+        String::from_utf8_lossy(&out.stdout).trim() == "2.4.6",
+        format!("numpy {}", String::from_utf8_lossy(&out.stdout)),
     )?;
     Ok(())
 }
