@@ -115,20 +115,53 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
             std::fs::copy(&src, &dest)?;
         }
     }
+    // The stub step (a download from PyPI): the same file, from the installed servers.
+    let servers = crate::servers::ServersDir::from_env()?;
+    let text = std::fs::read_to_string(repo().join("Dockerfile.example"))?;
+    if text.contains("python_backend_stubs/3.11/triton_python_backend_stub") {
+        for model in std::fs::read_dir(build.path().join("models"))? {
+            let model = model?.path();
+            std::fs::copy(
+                servers.triton_stub_for("3.11"),
+                model.join("triton_python_backend_stub"),
+            )?;
+        }
+    }
     let mirrors = format!("conda-forge=file://{}", crate::test_channel()?.display());
     for args in &runs {
-        let out = run_ok(
+        run_ok(
             envpack()
                 .args(args)
                 .arg("-q")
                 .env("ENVPACK_MIRRORS", &mirrors)
+                // pip offline, from the wheelhouse, where the Dockerfile reaches PyPI.
+                .env("PIP_NO_INDEX", "1")
+                .env("PIP_FIND_LINKS", servers.wheels())
                 .current_dir(build.path()),
         );
-        drop(out);
-        // Each line names its output after -o; it must exist and be a gzip tar.
+        // Each line's output exists and is a gzip tar.
         if let Some(i) = args.iter().position(|a| a == "-o") {
             let o = build.path().join(&args[i + 1]);
             run_ok(Command::new("tar").arg("-tzf").arg(&o));
+        }
+    }
+    // The repository line packed each Triton model and pointed its config at the tarball.
+    for model in std::fs::read_dir(build.path().join("models"))? {
+        let model = model?.path();
+        if model.join("config.pbtxt").is_file() {
+            run_ok(
+                Command::new("tar")
+                    .arg("-tzf")
+                    .arg(model.join("model-conda.tar.gz")),
+            );
+            let config = std::fs::read_to_string(model.join("config.pbtxt"))?;
+            if !config.contains("$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz") {
+                return Err(format!(
+                    "{} does not point at its tarball:\n{config}",
+                    model.display()
+                )
+                .into());
+            }
         }
     }
     Ok(())
