@@ -18,7 +18,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "docs::dockerfile_envpack_lines_run",
-            needs: &[Needs::Channel],
+            needs: &[Needs::Channel, Needs::Servers],
             run: dockerfile_envpack_lines_run,
         },
     ]
