@@ -374,9 +374,13 @@ fn forget_replaced_conda_packages(prefix: &Path) -> Result<Vec<String>, InstallE
     Ok(replaced)
 }
 
-/// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`.
-fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
+/// A `pip:` line that names a path relative to the environment file: `-r`, `-c`, `-e`, `-f`
+/// (and their long forms) with a relative value, or a bare `./` or `../` path. Returns the
+/// option (empty for a bare path) and the path.
+#[must_use]
+pub fn relative_path_in_requirement(line: &str) -> Option<(&'static str, &str)> {
     let trimmed = line.trim();
+    let relative = |v: &str| !v.is_empty() && !v.contains("://") && !Path::new(v).is_absolute();
     for opt in [
         "-r",
         "--requirement",
@@ -393,16 +397,20 @@ fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
         });
         if let Some(rest) = rest {
             let value = rest.trim_start_matches(['=', ' ', '\t']);
-            if value.contains("://") || Path::new(value).is_absolute() || value.is_empty() {
-                return trimmed.to_string();
-            }
-            return format!("{opt} {}", base_dir.join(value).display());
+            return relative(value).then_some((opt, value));
         }
     }
-    if (trimmed.starts_with("./") || trimmed.starts_with("../")) && !trimmed.contains("://") {
-        return base_dir.join(trimmed).display().to_string();
+    ((trimmed.starts_with("./") || trimmed.starts_with("../")) && relative(trimmed))
+        .then_some(("", trimmed))
+}
+
+/// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`.
+fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
+    match relative_path_in_requirement(line) {
+        Some(("", path)) => base_dir.join(path).display().to_string(),
+        Some((opt, path)) => format!("{opt} {}", base_dir.join(path).display()),
+        None => line.trim().to_string(),
     }
-    trimmed.to_string()
 }
 
 #[cfg(test)]

@@ -202,35 +202,14 @@ impl Solved {
 /// `pip:` line such as `-r requirements.txt` or `./pkg`): then its folder is part of what it is.
 #[must_use]
 pub fn refers_to_files(env: &EnvironmentSpec) -> bool {
-    let relative = |v: &str| !v.is_empty() && !v.contains("://") && !Path::new(v).is_absolute();
     let local_channel = env
         .channels
         .iter()
         .any(|c| c.starts_with('.') || c.starts_with('~'));
-    let pip_file = env.pip.iter().any(|line| {
-        let l = line.trim();
-        if l.starts_with("./") || l.starts_with("../") {
-            return true;
-        }
-        [
-            "-r",
-            "--requirement",
-            "-c",
-            "--constraint",
-            "-e",
-            "--editable",
-            "-f",
-            "--find-links",
-        ]
+    let pip_file = env
+        .pip
         .iter()
-        .any(|opt| {
-            l.strip_prefix(opt).is_some_and(|rest| {
-                let short_glued = opt.len() == 2 && !rest.starts_with([' ', '=', '\t', '-']);
-                (rest.starts_with([' ', '=', '\t']) || short_glued)
-                    && relative(rest.trim_start_matches([' ', '=', '\t']))
-            })
-        })
-    });
+        .any(|line| install::relative_path_in_requirement(line).is_some());
     local_channel || pip_file
 }
 
