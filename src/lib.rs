@@ -8,6 +8,7 @@
 //! environment variables once; [`pipeline`] runs the stages; [`report`] is how they talk.
 
 pub mod channels;
+pub mod cleanup;
 pub mod install;
 pub mod pack;
 pub mod pipeline;

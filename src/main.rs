@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    on_interrupt_remove_temporaries();
     match cli.command {
         Command::Pack(args) => {
             let sub = matches.subcommand_matches("pack").expect("pack matches");
@@ -57,6 +58,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Ctrl-C, SIGTERM (`docker stop`) and SIGHUP end the process without running destructors:
+/// remove the partial output and the staging prefix first, then exit as the signal would.
+fn on_interrupt_remove_temporaries() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            envpack::cleanup::remove_all();
+            let _ = writeln!(std::io::stderr(), "\ninterrupted: temporary files removed");
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 fn init_logging(verbose: u8, bars: Arc<progress::Bars>) {

@@ -216,6 +216,7 @@ pub fn refers_to_files(env: &EnvironmentSpec) -> bool {
 /// An installed staging prefix. Removed on drop, unless `--keep-work` (then kept and named).
 pub struct Staged {
     work: Option<tempfile::TempDir>,
+    _interrupt: crate::cleanup::Guard,
     /// The staging prefix.
     pub prefix: PathBuf,
     /// Seconds per stage of the install.
@@ -291,6 +292,7 @@ impl<'a> Pipeline<'a> {
         let prefix = work.path().join("env");
         let mut staged = Staged {
             prefix: prefix.clone(),
+            _interrupt: crate::cleanup::register(work.path()),
             work: Some(work),
             timings: Vec::new(),
             keep: settings.keep_work,

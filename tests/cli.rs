@@ -432,3 +432,55 @@ fn variables_are_set_by_activate_and_restored_by_deactivate() {
     let out = run_ok(Command::new("bash").arg("-euc").arg("MODEL_MODE=old; source bin/activate; echo $MODEL_MODE; source bin/deactivate; echo $MODEL_MODE").current_dir(&x));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "fast\nold\n");
 }
+
+#[test]
+fn an_interrupted_pack_leaves_no_partial_output() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = d.path().join("env");
+    std::fs::create_dir_all(prefix.join("conda-meta")).unwrap();
+    // Enough incompressible bytes that packing at level 9 on one thread takes a while.
+    let mut data = vec![0u8; 96 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in &mut data {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x.to_le_bytes()[3];
+    }
+    std::fs::write(prefix.join("big.bin"), &data).unwrap();
+    let out_dir = d.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut child = envpack()
+        .arg("pack")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-o")
+        .arg(out_dir.join("env.tar.gz"))
+        .args(["--compress-level", "9", "-j", "1", "-q"])
+        .spawn()
+        .unwrap();
+    let partial = || {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    };
+    let start = std::time::Instant::now();
+    while !partial() {
+        assert!(start.elapsed().as_secs() < 60, "no partial output appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pack ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_ok(Command::new("kill").arg("-INT").arg(child.id().to_string()));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

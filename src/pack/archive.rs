@@ -50,12 +50,7 @@ pub fn write_tar(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    let (dir, prefix) = temp_beside(out);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(PackError::io(dir))?;
+    let (tmp, _interrupt) = temp_file_beside(out).map_err(PackError::io(out))?;
     let file = tmp
         .as_file()
         .try_clone()
@@ -98,6 +93,32 @@ fn temp_beside(out: &Path) -> (&Path, String) {
         .file_name()
         .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
     (dir, format!(".{name}."))
+}
+
+/// A temporary file beside `out`, to be renamed onto it, removed if the process is
+/// interrupted.
+pub fn temp_file_beside(
+    out: &Path,
+) -> std::io::Result<(tempfile::NamedTempFile, crate::cleanup::Guard)> {
+    let (dir, prefix) = temp_beside(out);
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".partial")
+        .tempfile_in(dir)?;
+    let guard = crate::cleanup::register(tmp.path());
+    Ok((tmp, guard))
+}
+
+/// A temporary folder beside `out`, to be renamed onto it, removed if the process is
+/// interrupted.
+pub fn temp_dir_beside(out: &Path) -> std::io::Result<(tempfile::TempDir, crate::cleanup::Guard)> {
+    let (dir, prefix) = temp_beside(out);
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".partial")
+        .tempdir_in(dir)?;
+    let guard = crate::cleanup::register(tmp.path());
+    Ok((tmp, guard))
 }
 
 /// 0644 less the umask, as for any file a user creates (never conda-pack's 0600).
@@ -267,12 +288,7 @@ fn mode(executable: bool) -> u32 {
 /// touch the package cache.
 pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Result<u64, PackError> {
     use std::os::unix::fs::PermissionsExt;
-    let (parent, prefix) = temp_beside(out);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".partial")
-        .tempdir_in(parent)
-        .map_err(PackError::io(parent))?;
+    let (tmp, _interrupt) = temp_dir_beside(out).map_err(PackError::io(out))?;
     let mut total = 0u64;
     for m in &plan.members {
         let dest = tmp.path().join(plan.archive_path(&m.path));

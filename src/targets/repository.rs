@@ -24,6 +24,7 @@ use super::config::{self, ConfigPlan};
 use super::{Model, Server, TargetError, checks};
 use crate::Error;
 use crate::pack::Format;
+use crate::pack::archive;
 use crate::pipeline::{self, Pipeline, Solved, Summary};
 use crate::report::{Reporter, SharedReporter};
 use crate::settings::Settings;
@@ -409,20 +410,8 @@ fn build(
 /// it: never a partial output.
 fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError> {
     let io = TargetError::io;
-    let dir = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = to
-        .file_name()
-        .map_or_else(|| "envpack".into(), |n| n.to_string_lossy().into_owned());
-    let prefix = format!(".{name}.");
     if format == Format::Dir {
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .tempdir_in(dir)
-            .map_err(io(dir))?;
+        let (tmp, _interrupt) = archive::temp_dir_beside(to).map_err(io(to))?;
         copy_tree(from, tmp.path())?;
         let perms = fs_err::metadata(from).map_err(io(from))?.permissions();
         fs_err::set_permissions(tmp.path(), perms).map_err(io(tmp.path()))?;
@@ -432,11 +421,7 @@ fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError
         }
         fs_err::rename(&kept, to).map_err(io(to))?;
     } else {
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .tempfile_in(dir)
-            .map_err(io(dir))?;
+        let (tmp, _interrupt) = archive::temp_file_beside(to).map_err(io(to))?;
         fs_err::copy(from, tmp.path()).map_err(io(from))?;
         tmp.persist(to).map_err(|e| TargetError::Io {
             path: to.to_path_buf(),
