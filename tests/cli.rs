@@ -484,3 +484,104 @@ fn an_interrupted_pack_leaves_no_partial_output() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A channel served over HTTP on 127.0.0.1 that answers only with basic auth; stopped by PID.
+struct AuthChannel {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl AuthChannel {
+    fn start(dir: &Path) -> Self {
+        let script = r#"
+import base64, functools, http.server, sys
+want = 'Basic ' + base64.b64encode(b'user:secret').decode()
+class H(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get('Authorization') != want:
+            self.send_response(401)
+            self.send_header('WWW-Authenticate', 'Basic realm="channel"')
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+            return
+        super().do_GET()
+    do_HEAD = do_GET
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(H, directory=sys.argv[1]))
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the server prints its port");
+        Self { child, port }
+    }
+}
+
+impl Drop for AuthChannel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn channels_behind_authentication_use_rattlers_credentials() {
+    let d = tempfile::tempdir().unwrap();
+    test_channel(&d.path().join("chan"));
+    let server = AuthChannel::start(&d.path().join("chan"));
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let env = write_env(
+        d.path(),
+        &format!("name: auth\nchannels: [{url}]\ndependencies: [tool]\n"),
+    );
+    // Without credentials: a clear error naming the refusal.
+    let home = d.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = run_err(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("--dry-run")
+            .env("HOME", &home),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    // With rattler's credentials file: solved, downloaded and packed.
+    let auth = d.path().join("credentials.json");
+    std::fs::write(
+        &auth,
+        r#"{"127.0.0.1": {"BasicHTTP": {"username": "user", "password": "secret"}}}"#,
+    )
+    .unwrap();
+    let cache = d.path().join("cache");
+    run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(d.path().join("auth.tar.gz"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["-q"])
+            .env("HOME", &home)
+            .env("RATTLER_AUTH_FILE", &auth),
+    );
+    let listing = support::list(&d.path().join("auth.tar.gz"));
+    assert!(listing.iter().any(|m| m == "etc/tool.conf"), "{listing:?}");
+}
