@@ -166,6 +166,10 @@ mod tests {
             last.ends_with(" passed, 0 failed") && !last.starts_with("0 "),
             "{stdout}"
         );
+        // In CI every shell is installed (`.ci/run`): nothing may be skipped there.
+        if std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| v == "1") {
+            assert!(!stdout.contains(" skipped"), "skipped in CI:\n{stdout}");
+        }
     }
 
     #[test]
