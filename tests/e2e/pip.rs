@@ -20,6 +20,11 @@ pub fn cases() -> Vec<Case> {
             run: console_script_of_a_pip_dependency_runs_from_the_extracted_environment,
         },
         Case {
+            name: "pip::uv_on_path_installs_the_pip_section",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: uv_on_path_installs_the_pip_section,
+        },
+        Case {
             name: "pip::pip_replacing_a_conda_package_keeps_pips_version",
             needs: &[Needs::Channel, Needs::Servers],
             run: pip_replacing_a_conda_package_keeps_pips_version,
@@ -175,6 +180,58 @@ fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
     ensure(
         String::from_utf8_lossy(&out.stdout).trim() == "2.4.6",
         format!("numpy {}", String::from_utf8_lossy(&out.stdout)),
+    )?;
+    Ok(())
+}
+
+/// With `uv` on PATH the `pip:` section is installed by `uv pip` (it leaves `uv` in the
+/// distribution's INSTALLER), with the same result: the console script runs from the
+/// extracted environment.
+fn uv_on_path_installs_the_pip_section() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let uv_bin = servers.root.join("uv/bin");
+    ensure(
+        uv_bin.join("uv").is_file(),
+        format!(
+            "{} missing: run .ci/install-servers again",
+            uv_bin.join("uv").display()
+        ),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let env = dir.path().join("environment.yml");
+    std::fs::write(
+        &env,
+        format!(
+            "name: uv-e2e\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip:\n    - --no-index\n    - --find-links {}\n    - cowsay==6.1\n",
+            servers.wheels().display()
+        ),
+    )?;
+    let tarball = dir.path().join("uv.tar.gz");
+    let path = std::env::join_paths(std::iter::once(uv_bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(&tarball)
+            .args(["--mirror", &mirror_arg(), "-q"])
+            .env("PATH", path),
+    );
+    let x = dir.path().join("x");
+    support::extract(&tarball, &x);
+    let installer = std::fs::read_to_string(
+        x.join("lib/python3.11/site-packages/cowsay-6.1.dist-info/INSTALLER"),
+    )?;
+    ensure(
+        installer.trim() == "uv",
+        format!("installed by {installer}"),
+    )?;
+    let out = run_ok(Command::new(x.join("bin/cowsay")).args(["-t", "moo"]));
+    ensure(
+        String::from_utf8_lossy(&out.stdout).contains("moo"),
+        "cowsay did not speak",
     )?;
     Ok(())
 }
