@@ -141,6 +141,34 @@ fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// The size of the (uncompressed) tar stream [`write_tar`] writes for `plan`: what its
+/// progress counts.
+#[must_use]
+pub fn tar_size(plan: &PackPlan) -> u64 {
+    let padded = |n: u64| n.div_ceil(512) * 512;
+    let long = |name_len: usize| {
+        if name_len > 100 {
+            512 + padded(name_len as u64 + 1)
+        } else {
+            0
+        }
+    };
+    let members: u64 = plan
+        .members
+        .iter()
+        .map(|m| {
+            let name = plan.archive_path(&m.path);
+            match &m.body {
+                Body::Dir => 512 + long(name.len() + 1),
+                Body::Symlink(target) => 512 + long(name.len()) + long(target.len()),
+                Body::Generated { data, .. } => 512 + long(name.len()) + padded(data.len() as u64),
+                Body::File { size, .. } => 512 + long(name.len()) + padded(*size),
+            }
+        })
+        .sum();
+    members + 1024
+}
+
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -350,5 +378,47 @@ pub fn compression_for(format: super::Format, level: Option<i32>) -> Option<Comp
         }),
         super::Format::Tar => Some(Compression::None),
         super::Format::Dir => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::NoopReporter;
+
+    #[test]
+    fn tar_size_is_the_size_of_the_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let prefix = d.path().join("env");
+        let long_dir = format!("lib/{}", "d".repeat(120));
+        std::fs::create_dir_all(prefix.join("conda-meta")).unwrap();
+        std::fs::create_dir_all(prefix.join(&long_dir)).unwrap();
+        std::fs::write(
+            prefix.join(format!("{long_dir}/{}", "f".repeat(90))),
+            vec![7u8; 1000],
+        )
+        .unwrap();
+        std::fs::write(prefix.join("small"), "x").unwrap();
+        std::os::unix::fs::symlink(
+            format!("{}/{}", "../".repeat(1), "t".repeat(150)),
+            prefix.join("lib/link"),
+        )
+        .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let reporter: SharedReporter = Arc::new(NoopReporter);
+        let plan = super::super::plan(
+            &prefix,
+            &super::super::PackOptions::default(),
+            &pool,
+            &reporter,
+        )
+        .unwrap();
+        let out = d.path().join("out.tar");
+        let size = write_tar(&plan, &out, Compression::None, Arc::new(pool), &reporter).unwrap();
+        assert_eq!(size, tar_size(&plan));
+        assert_eq!(size % 512, 0);
     }
 }

@@ -774,10 +774,15 @@ pub fn execute(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    reporter.on_stage_start(Stage::Pack, Some(plan.content_bytes()));
     let size = match archive::compression_for(plan.format, plan.level) {
-        Some(c) => archive::write_tar(plan, output, c, pool, reporter)?,
-        None => archive::write_dir(plan, output, reporter)?,
+        Some(c) => {
+            reporter.on_stage_start(Stage::Pack, Some(archive::tar_size(plan)));
+            archive::write_tar(plan, output, c, pool, reporter)?
+        }
+        None => {
+            reporter.on_stage_start(Stage::Pack, Some(plan.content_bytes()));
+            archive::write_dir(plan, output, reporter)?
+        }
     };
     reporter.on_stage_end(Stage::Pack);
     Ok(size)
