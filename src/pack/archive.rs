@@ -399,11 +399,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(prefix.join("small"), "x").unwrap();
-        std::os::unix::fs::symlink(
-            format!("{}/{}", "../".repeat(1), "t".repeat(150)),
-            prefix.join("lib/link"),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(format!("../{}", "t".repeat(150)), prefix.join("lib/link"))
+            .unwrap();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()

@@ -774,15 +774,12 @@ pub fn execute(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    let size = match archive::compression_for(plan.format, plan.level) {
-        Some(c) => {
-            reporter.on_stage_start(Stage::Pack, Some(archive::tar_size(plan)));
-            archive::write_tar(plan, output, c, pool, reporter)?
-        }
-        None => {
-            reporter.on_stage_start(Stage::Pack, Some(plan.content_bytes()));
-            archive::write_dir(plan, output, reporter)?
-        }
+    let size = if let Some(c) = archive::compression_for(plan.format, plan.level) {
+        reporter.on_stage_start(Stage::Pack, Some(archive::tar_size(plan)));
+        archive::write_tar(plan, output, c, pool, reporter)?
+    } else {
+        reporter.on_stage_start(Stage::Pack, Some(plan.content_bytes()));
+        archive::write_dir(plan, output, reporter)?
     };
     reporter.on_stage_end(Stage::Pack);
     Ok(size)
