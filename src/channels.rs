@@ -289,7 +289,7 @@ mod tests {
 
     fn map(alias: Option<&str>, mirrors: &[&str]) -> ChannelMap {
         let m: Vec<String> = mirrors.iter().map(ToString::to_string).collect();
-        ChannelMap::new(alias, &m, Path::new("/work")).unwrap()
+        ChannelMap::new(alias, &m, Path::new("/build")).unwrap()
     }
 
     #[test]
@@ -380,7 +380,7 @@ mod tests {
     fn mirror_to_a_relative_path() {
         let m = map(None, &["conda-forge=./mirror"]);
         let c = &m.resolve("conda-forge", Path::new("/x")).unwrap()[0];
-        assert_eq!(c.fetch.as_str(), "file:///work/mirror/");
+        assert_eq!(c.fetch.as_str(), "file:///build/mirror/");
     }
 
     #[test]

@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn binary_replacement_keeps_length_and_pads_before_terminator() {
-        let from = "/home/user/work/staging-prefix-1234";
+        let from = "/home/user/build/staging-prefix-1234";
         let mut input = b"\x7fELF\0head\0".to_vec();
         let blob = installed_cstring(from, "/lib:", 2, 255);
         input.extend_from_slice(&blob);
@@ -593,7 +593,7 @@ mod tests {
 
     #[test]
     fn records_are_scrubbed() {
-        let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/root/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/root/.cache/x.conda","link":{"source":"/root/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env","paths_data":{"paths":[{"_path":"bin/x","prefix_placeholder":"/ph","sha256_in_prefix":"ab","size_in_bytes":7},{"_path":"lib/y","size_in_bytes":3}]}}"#;
+        let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/home/builder/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/home/builder/.cache/x.conda","link":{"source":"/home/builder/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env","paths_data":{"paths":[{"_path":"bin/x","prefix_placeholder":"/ph","sha256_in_prefix":"ab","size_in_bytes":7},{"_path":"lib/y","size_in_bytes":3}]}}"#;
         let out = scrub_record(
             rec,
             &[(
@@ -605,7 +605,7 @@ mod tests {
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(!text.contains("/root/"), "{text}");
+        assert!(!text.contains("/home/builder/"), "{text}");
         assert!(!text.contains("/srv/"), "{text}");
         assert!(!text.contains("/stage/env"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
