@@ -357,25 +357,20 @@ fn dest_prefix_relocates_at_pack_time_and_leaves_no_old_prefix() {
 
 /// Relative path → (content or link target), for every file and symlink below `dir`.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_symlink() {
-                let t = std::fs::read_link(e.path()).unwrap();
-                out.push((rel, t.into_os_string().into_encoded_bytes()));
+    support::tree(dir)
+        .into_iter()
+        .map(|(rel, path, link)| {
+            let bytes = if link {
+                std::fs::read_link(path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
             } else {
-                out.push((rel, std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+                std::fs::read(path).unwrap()
+            };
+            (rel, bytes)
+        })
+        .collect()
 }
 
 #[test]

@@ -32,6 +32,30 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// An environment file with conda `deps` and a `pip:` section installing `pip` offline from
+/// the wheelhouse `wheels`.
+fn pip_env(
+    dir: &Path,
+    name: &str,
+    deps: &[&str],
+    pip: &[&str],
+    wheels: &Path,
+) -> std::path::PathBuf {
+    let conda = deps
+        .iter()
+        .fold(String::new(), |s, d| s + "  - " + d + "\n");
+    let pip = pip
+        .iter()
+        .fold(String::new(), |s, p| s + "    - " + p + "\n");
+    let text = format!(
+        "name: {name}\nchannels: [conda-forge]\ndependencies:\n{conda}  - pip:\n    - --no-index\n    - --find-links {}\n{pip}",
+        wheels.display()
+    );
+    let env = dir.join("environment.yml");
+    std::fs::write(&env, text).unwrap();
+    env
+}
+
 fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
     if cond { Ok(()) } else { Err(msg.into().into()) }
 }
@@ -61,14 +85,13 @@ fn console_script_of_a_pip_dependency_runs_from_the_extracted_environment() -> R
     let servers = ServersDir::from_env()?;
     let wheels = servers.wheels();
     let dir = tempfile::tempdir()?;
-    let env = dir.path().join("environment.yml");
-    std::fs::write(
-        &env,
-        format!(
-            "name: pip-e2e\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - --no-index\n    - --find-links {}\n    - cowsay==6.1\n",
-            wheels.display()
-        ),
-    )?;
+    let env = pip_env(
+        dir.path(),
+        "pip-e2e",
+        &["python=3.11", "pip"],
+        &["cowsay==6.1"],
+        &wheels,
+    );
     let tarball = dir.path().join("pip-e2e.tar.gz");
     let work = dir.path().join("work");
     run_ok(
@@ -142,14 +165,13 @@ fn console_script_of_a_pip_dependency_runs_from_the_extracted_environment() -> R
 fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
     let servers = ServersDir::from_env()?;
     let dir = tempfile::tempdir()?;
-    let env = dir.path().join("environment.yml");
-    std::fs::write(
-        &env,
-        format!(
-            "name: pip-replaces\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - numpy<2\n  - pip\n  - pip:\n    - --no-index\n    - --find-links {}\n    - numpy==2.4.6\n",
-            servers.wheels().display()
-        ),
-    )?;
+    let env = pip_env(
+        dir.path(),
+        "pip-replaces",
+        &["python=3.11", "numpy<2", "pip"],
+        &["numpy==2.4.6"],
+        &servers.wheels(),
+    );
     let tarball = dir.path().join("out.tar.gz");
     let out = run_ok(
         envpack()
@@ -198,14 +220,13 @@ fn uv_on_path_installs_the_pip_section() -> Result<(), Failed> {
         ),
     )?;
     let dir = tempfile::tempdir()?;
-    let env = dir.path().join("environment.yml");
-    std::fs::write(
-        &env,
-        format!(
-            "name: uv-e2e\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - pip:\n    - --no-index\n    - --find-links {}\n    - cowsay==6.1\n",
-            servers.wheels().display()
-        ),
-    )?;
+    let env = pip_env(
+        dir.path(),
+        "uv-e2e",
+        &["python=3.11"],
+        &["cowsay==6.1"],
+        &servers.wheels(),
+    );
     let tarball = dir.path().join("uv.tar.gz");
     let path = std::env::join_paths(std::iter::once(uv_bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),

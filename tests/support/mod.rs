@@ -83,8 +83,9 @@ pub fn list(archive: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every regular file below `dir` whose bytes contain `needle`, relative paths.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+/// Every file and symlink below `dir` (folders walked, not listed): (relative path, path,
+/// whether it is a symlink), sorted.
+pub fn tree(dir: &Path) -> Vec<(String, PathBuf, bool)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -93,14 +94,27 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(e.path());
-            } else if ft.is_file() {
-                let data = std::fs::read(e.path()).unwrap();
-                if data.windows(needle.len()).any(|w| w == needle) {
-                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
-                }
+            } else if ft.is_file() || ft.is_symlink() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, e.path(), ft.is_symlink()));
             }
         }
     }
     out.sort();
     out
+}
+
+/// Every regular file below `dir` whose bytes contain `needle`, relative paths.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|(_, path, link)| {
+            !link
+                && std::fs::read(path)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+        })
+        .map(|(rel, _, _)| rel)
+        .collect()
 }
