@@ -110,26 +110,24 @@ impl ChannelMap {
                 .ok_or_else(|| ChannelError::InvalidMirror {
                     entry: entry.clone(),
                 })?;
-            let from_urls: Vec<Url> = if from == "defaults" {
-                DEFAULTS
-                    .iter()
-                    .map(|u| Url::parse(u).expect("valid"))
-                    .collect()
-            } else {
-                vec![
-                    map.canonical_url(from, cwd)
-                        .map_err(|_| ChannelError::InvalidMirror {
-                            entry: entry.clone(),
-                        })?,
-                ]
-            };
-            let to_url = to_url(to, cwd).ok_or_else(|| ChannelError::InvalidMirror {
+            let invalid = || ChannelError::InvalidMirror {
                 entry: entry.clone(),
-            })?;
-            for from_url in from_urls {
+            };
+            let to = trim_slash(to_url(to, cwd).ok_or_else(invalid)?.as_str());
+            if from == "defaults" {
+                // A mirror of `defaults` holds its channels side by side: TO/main, TO/r.
+                for u in DEFAULTS {
+                    let name = u.rsplit('/').next().unwrap_or_default();
+                    map.mirrors.push(Mirror {
+                        from: u.to_string(),
+                        to: format!("{to}/{name}"),
+                    });
+                }
+            } else {
+                let from_url = map.canonical_url(from, cwd).map_err(|_| invalid())?;
                 map.mirrors.push(Mirror {
                     from: trim_slash(from_url.as_str()),
-                    to: trim_slash(to_url.as_str()),
+                    to,
                 });
             }
         }
@@ -373,6 +371,20 @@ mod tests {
                 "file:///srv/cf".to_string(),
                 "https://conda.anaconda.org/conda-forge".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn a_defaults_mirror_holds_main_and_r() {
+        let m = map(None, &["defaults=https://mirror.example/anaconda/"]);
+        let cs = m.resolve("defaults", Path::new("/x")).unwrap();
+        let fetch: Vec<&str> = cs.iter().map(|c| c.fetch.as_str()).collect();
+        assert_eq!(
+            fetch,
+            [
+                "https://mirror.example/anaconda/main/",
+                "https://mirror.example/anaconda/r/"
+            ]
         );
     }
 
