@@ -637,8 +637,24 @@ def python_hook_fast_path(tmp):
     TIMINGS["python startup with hook (min of 40)"] = "%.1f ms" % (with_hook * 1e3)
     TIMINGS["python startup without hook (min of 40)"] = "%.1f ms" % (without * 1e3)
     TIMINGS["hook import+check, in process"] = "%.0f us" % (per_check * 1e6)
-    assert with_hook - without < 0.005, (with_hook, without)
-    assert per_check < 0.001, per_check
+    # The cost is reported above, not asserted (speed belongs to benchmarks). What makes the
+    # fast path fast is asserted: it imports nothing beyond itself, and it does not even read
+    # the relocator (a broken bin/conda-unpack goes unnoticed while there is nothing to do).
+    mods = [env + "/bin/python", "-c", "import sys; print(' '.join(sorted(sys.modules)))"]
+    loaded_with = set(run(mods, check=True).stdout.split())
+    os.rename(sp + "/envpack-relocate.pth", sp + "/pth.off")
+    loaded_without = set(run(mods, check=True).stdout.split())
+    os.rename(sp + "/pth.off", sp + "/envpack-relocate.pth")
+    assert loaded_with - loaded_without == {"_envpack_relocate"}, loaded_with - loaded_without
+    unpack = env + "/bin/conda-unpack"
+    os.rename(unpack, unpack + ".real")
+    try:
+        with open(unpack, "w") as f:
+            f.write("this is not python(\n")
+        r = run([env + "/bin/python", "-c", "pass"], check=True)
+        assert r.stderr == "", r.stderr
+    finally:
+        os.replace(unpack + ".real", unpack)
     # and the no-op conda-unpack (sh fast path, no python started)
     TIMINGS["conda-unpack, nothing to do (min of 25)"] = "%.1f ms" % (_min_time([env + "/bin/conda-unpack"]) * 1e3)
     TIMINGS["conda-unpack --auto, nothing to do"] = "%.1f ms" % (_min_time([env + "/bin/conda-unpack", "--auto"]) * 1e3)
@@ -665,7 +681,6 @@ def relocation_speed_40mb(tmp):
     dt = time.perf_counter() - t
     TIMINGS["relocation of %d records, %.1f MB" % (len(doc["files"]), total / 1e6)] = "%.0f ms" % (dt * 1e3)
     check_relocated(env, binaries=["lib/libfake.so"] + ["lib/libbig%d.so" % i for i in range(5)])
-    assert dt < 5, dt
 
 
 SHELLS = {
