@@ -106,16 +106,7 @@ impl Fixture {
 
     /// Writes `environment.yml` with these dependencies from the `local` channel.
     fn env_file(&self, deps: &[&str]) -> PathBuf {
-        let env = self.path().join("environment.yml");
-        let body: String = deps
-            .iter()
-            .fold(String::new(), |s, d| s + "  - " + d + "\n");
-        std::fs::write(
-            &env,
-            format!("name: hermetic\nchannels: [local]\ndependencies:\n{body}"),
-        )
-        .unwrap();
-        env
+        support::write_environment(self.path(), "hermetic", &["local"], deps)
     }
 
     /// `envpack pack environment.yml -o OUT` with the channel alias pointing at the fixture.

@@ -32,15 +32,7 @@ pub fn cases() -> Vec<Case> {
 
 /// Packs `deps` with the shared channel; returns (tarball, the folder the staging prefix was in).
 pub fn pack_env(dir: &Path, deps: &[&str], extra: &[&str]) -> (PathBuf, PathBuf) {
-    let env = dir.join("environment.yml");
-    let body: String = deps
-        .iter()
-        .fold(String::new(), |s, d| s + "  - " + d + "\n");
-    std::fs::write(
-        &env,
-        format!("name: e2e\nchannels: [conda-forge]\ndependencies:\n{body}"),
-    )
-    .unwrap();
+    let env = support::write_environment(dir, "e2e", &["conda-forge"], deps);
     let work = dir.join("work-with-a-rather-long-name-to-differ-from-the-target");
     let out = dir.join("out.tar.gz");
     run_ok(

@@ -21,6 +21,23 @@ pub fn envpack() -> Command {
     c
 }
 
+/// Writes `dir/environment.yml` with this name, channels and conda dependencies.
+pub fn write_environment(dir: &Path, name: &str, channels: &[&str], deps: &[&str]) -> PathBuf {
+    let body = deps
+        .iter()
+        .fold(String::new(), |s, d| s + "  - " + d + "\n");
+    let env = dir.join("environment.yml");
+    std::fs::write(
+        &env,
+        format!(
+            "name: {name}\nchannels: [{}]\ndependencies:\n{body}",
+            channels.join(", ")
+        ),
+    )
+    .unwrap();
+    env
+}
+
 /// The package cache the tests share (inside the target folder).
 pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envpack-test-cache")
