@@ -423,7 +423,9 @@ fn pack_prefix(
     check_output(settings, &output)?;
     let mut timings = Vec::new();
     let t = Instant::now();
-    let plan = pack::plan(prefix, &settings.pack, &pool, reporter)?;
+    let mut options = settings.pack.clone();
+    options.filters.extend(output_inside(prefix, &output));
+    let plan = pack::plan(prefix, &options, &pool, reporter)?;
     timings.push(("scan".to_string(), t.elapsed().as_secs_f64()));
     for w in &plan.warnings {
         reporter.on_warning(w);
@@ -437,6 +439,33 @@ fn pack_prefix(
         size
     };
     Ok(summary_of(&plan, output, size, settings, timings))
+}
+
+/// When the output is written inside the environment being packed, an earlier output and
+/// the temporary being written must not become part of the archive.
+fn output_inside(prefix: &Path, output: &Path) -> Vec<pack::Filter> {
+    let (Ok(prefix), Some(parent), Some(name)) = (
+        fs_err::canonicalize(prefix),
+        output.parent().and_then(|p| fs_err::canonicalize(p).ok()),
+        output.file_name().map(|n| n.to_string_lossy().into_owned()),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(rel) = parent.strip_prefix(&prefix) else {
+        return Vec::new();
+    };
+    let dir = rel.to_string_lossy();
+    let join = |n: &str| {
+        if dir.is_empty() {
+            n.to_string()
+        } else {
+            format!("{dir}/{n}")
+        }
+    };
+    vec![
+        pack::Filter::Exclude(join(&name)),
+        pack::Filter::Exclude(join(&format!(".{name}.*.partial"))),
+    ]
 }
 
 fn summary_of(

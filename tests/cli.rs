@@ -585,3 +585,40 @@ fn channels_behind_authentication_use_rattlers_credentials() {
     let listing = support::list(&d.path().join("auth.tar.gz"));
     assert!(listing.iter().any(|m| m == "etc/tool.conf"), "{listing:?}");
 }
+
+#[test]
+fn an_output_inside_the_packed_environment_is_not_packed_into_the_next_archive() {
+    let d = tempfile::tempdir().unwrap();
+    let chan = test_channel(&d.path().join("chan"));
+    let env = write_env(
+        d.path(),
+        &format!("channels: [{}]\ndependencies: [tool]\n", chan.url()),
+    );
+    let prefix = d.path().join("env");
+    run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(&prefix)
+            .args(["--format", "dir", "-q"]),
+    );
+    let out = prefix.join("share/env.tar");
+    for _ in 0..2 {
+        run_ok(
+            envpack()
+                .arg("pack")
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-o")
+                .arg(&out)
+                .args(["-q", "--force"]),
+        );
+    }
+    let members = support::list(&out);
+    assert!(members.iter().any(|m| m == "etc/tool.conf"), "{members:?}");
+    assert!(
+        !members.iter().any(|m| m.contains("env.tar")),
+        "{members:?}"
+    );
+}
