@@ -77,6 +77,7 @@ pub async fn install_conda(
         .map(|r| r.package_record.size.unwrap_or(0))
         .sum();
     reporter.on_stage_start(Stage::Install, Some(total));
+    reporter.on_stage_start(Stage::Link, Some(records.len() as u64));
     let installer = Installer::new()
         .with_package_cache(PackageCache::new(
             cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR),
@@ -97,6 +98,7 @@ pub async fn install_conda(
             prefix: prefix.to_path_buf(),
             source,
         })?;
+    reporter.on_stage_end(Stage::Link);
     reporter.on_stage_end(Stage::Install);
     Ok(())
 }
@@ -178,7 +180,9 @@ impl rattler::install::Reporter for InstallProgress {
     fn on_link_start(&self, operation: usize, _record: &RepoDataRecord) -> usize {
         operation
     }
-    fn on_link_complete(&self, _index: usize) {}
+    fn on_link_complete(&self, _index: usize) {
+        self.reporter.on_progress(Stage::Link, 1);
+    }
     fn on_transaction_operation_complete(&self, _operation: usize) {}
     fn on_transaction_complete(&self) {}
     fn on_post_link_start(&self, _package_name: &str, _script_path: &str) -> usize {

@@ -9,7 +9,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Draws one bar per stage.
 pub struct Bars {
     multi: MultiProgress,
-    current: Mutex<Option<(Stage, ProgressBar)>>,
+    /// The bars of the stages under way (downloads and linking run at once).
+    current: Mutex<Vec<(Stage, ProgressBar)>>,
     quiet: bool,
 }
 
@@ -23,7 +24,7 @@ impl Bars {
         };
         Self {
             multi: MultiProgress::with_draw_target(target),
-            current: Mutex::new(None),
+            current: Mutex::new(Vec::new()),
             quiet,
         }
     }
@@ -37,6 +38,7 @@ impl Bars {
         let template = match stage {
             Stage::Solve | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
             Stage::Scan => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
+            Stage::Link => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} packages",
             Stage::Install | Stage::Pack => {
                 "{spinner} {prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
             }
@@ -57,29 +59,37 @@ impl Reporter for Bars {
         bar.set_style(Self::style(stage));
         bar.set_prefix(stage.label());
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        *self.current.lock().expect("bars") = Some((stage, bar));
+        self.current.lock().expect("bars").push((stage, bar));
     }
 
     fn on_progress(&self, stage: Stage, delta: u64) {
-        if let Some((s, bar)) = &*self.current.lock().expect("bars")
-            && *s == stage
+        if let Some((_, bar)) = self
+            .current
+            .lock()
+            .expect("bars")
+            .iter()
+            .find(|(s, _)| *s == stage)
         {
             bar.inc(delta);
         }
     }
 
     fn on_total(&self, stage: Stage, total: u64) {
-        if let Some((s, bar)) = &*self.current.lock().expect("bars")
-            && *s == stage
+        if let Some((_, bar)) = self
+            .current
+            .lock()
+            .expect("bars")
+            .iter()
+            .find(|(s, _)| *s == stage)
         {
             bar.set_length(total);
         }
     }
 
     fn on_stage_end(&self, stage: Stage) {
-        if let Some((s, bar)) = self.current.lock().expect("bars").take()
-            && s == stage
-        {
+        let mut current = self.current.lock().expect("bars");
+        if let Some(i) = current.iter().position(|(s, _)| *s == stage) {
+            let (_, bar) = current.remove(i);
             bar.finish_and_clear();
         }
     }

@@ -10,8 +10,10 @@ use std::sync::Arc;
 pub enum Stage {
     /// Fetching channel metadata and solving.
     Solve,
-    /// Downloading, extracting and linking packages into the staging prefix.
+    /// Downloading and extracting packages into the package cache (bytes).
     Install,
+    /// Linking packages into the staging prefix (packages), alongside [`Stage::Install`].
+    Link,
     /// Installing the `pip:` section.
     Pip,
     /// Scanning the prefix for embedded paths.
@@ -26,7 +28,8 @@ impl Stage {
     pub fn label(self) -> &'static str {
         match self {
             Stage::Solve => "solve",
-            Stage::Install => "install",
+            Stage::Install => "download",
+            Stage::Link => "link",
             Stage::Pip => "pip",
             Stage::Scan => "scan",
             Stage::Pack => "pack",
