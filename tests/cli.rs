@@ -485,16 +485,39 @@ fn an_interrupted_pack_leaves_no_partial_output() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-/// A channel served over HTTP on 127.0.0.1 that answers only with basic auth; stopped by PID.
+/// A channel served over HTTPS on 127.0.0.1, with a certificate from a test CA, that answers
+/// only with basic auth; stopped by PID.
 struct AuthChannel {
     child: std::process::Child,
     port: u16,
+    /// The test CA's certificate (trusted through `SSL_CERT_FILE`).
+    ca: std::path::PathBuf,
 }
 
 impl AuthChannel {
-    fn start(dir: &Path) -> Self {
+    fn start(dir: &Path, certs: &Path) -> Self {
+        std::fs::create_dir_all(certs).unwrap();
+        let openssl = |args: &str| {
+            run_ok(
+                Command::new("openssl")
+                    .args(args.split_whitespace())
+                    .current_dir(certs),
+            );
+        };
+        openssl(
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=envpack-test-ca",
+        );
+        openssl("req -newkey rsa:2048 -nodes -keyout key.pem -out leaf.csr -subj /CN=127.0.0.1");
+        std::fs::write(
+            certs.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile ext.cnf",
+        );
         let script = r#"
-import base64, functools, http.server, sys
+import base64, functools, http.server, ssl, sys
 want = 'Basic ' + base64.b64encode(b'user:secret').decode()
 class H(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
@@ -509,6 +532,9 @@ class H(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(H, directory=sys.argv[1]))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2] + '/cert.pem', sys.argv[2] + '/key.pem')
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
@@ -516,7 +542,9 @@ srv.serve_forever()
             .arg("-c")
             .arg(script)
             .arg(dir)
+            .arg(certs)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -526,7 +554,11 @@ srv.serve_forever()
         )
         .unwrap();
         let port = line.trim().parse().expect("the server prints its port");
-        Self { child, port }
+        Self {
+            child,
+            port,
+            ca: certs.join("ca.pem"),
+        }
     }
 }
 
@@ -538,25 +570,34 @@ impl Drop for AuthChannel {
 }
 
 #[test]
-fn channels_behind_authentication_use_rattlers_credentials() {
+fn https_channels_behind_authentication_use_rattlers_credentials() {
     let d = tempfile::tempdir().unwrap();
     test_channel(&d.path().join("chan"));
-    let server = AuthChannel::start(&d.path().join("chan"));
-    let url = format!("http://127.0.0.1:{}/", server.port);
+    let server = AuthChannel::start(&d.path().join("chan"), &d.path().join("certs"));
+    let url = format!("https://127.0.0.1:{}/", server.port);
     let env = write_env(
         d.path(),
         &format!("name: auth\nchannels: [{url}]\ndependencies: [tool]\n"),
     );
-    // Without credentials: a clear error naming the refusal.
     let home = d.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let out = run_err(
-        envpack()
-            .arg("pack")
+    let cmd = |out: &str| {
+        let mut c = envpack();
+        c.arg("pack")
             .arg(&env)
-            .arg("--dry-run")
-            .env("HOME", &home),
-    );
+            .arg("-o")
+            .arg(d.path().join(out))
+            .arg("--cache-dir")
+            .arg(d.path().join("cache"));
+        c.arg("-q").env("HOME", &home);
+        c
+    };
+    // A certificate nobody vouches for is refused.
+    let out = run_err(&mut cmd("a.tar.gz"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+    // Trusted (SSL_CERT_FILE), but without credentials: the server's refusal.
+    let out = run_err(cmd("a.tar.gz").env("SSL_CERT_FILE", &server.ca));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("401") || err.to_lowercase().contains("unauthorized"),
@@ -569,21 +610,14 @@ fn channels_behind_authentication_use_rattlers_credentials() {
         r#"{"127.0.0.1": {"BasicHTTP": {"username": "user", "password": "secret"}}}"#,
     )
     .unwrap();
-    let cache = d.path().join("cache");
     run_ok(
-        envpack()
-            .arg("pack")
-            .arg(&env)
-            .arg("-o")
-            .arg(d.path().join("auth.tar.gz"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(["-q"])
-            .env("HOME", &home)
+        cmd("auth.tar.gz")
+            .env("SSL_CERT_FILE", &server.ca)
             .env("RATTLER_AUTH_FILE", &auth),
     );
     let listing = support::list(&d.path().join("auth.tar.gz"));
     assert!(listing.iter().any(|m| m == "etc/tool.conf"), "{listing:?}");
+    assert!(!d.path().join("a.tar.gz").exists());
 }
 
 #[test]
