@@ -34,6 +34,19 @@ impl Bars {
         self.multi.suspend(f)
     }
 
+    /// Runs `f` on the bar of `stage`, if that stage is under way.
+    fn with_bar(&self, stage: Stage, f: impl FnOnce(&ProgressBar)) {
+        if let Some((_, bar)) = self
+            .current
+            .lock()
+            .expect("bars")
+            .iter()
+            .find(|(s, _)| *s == stage)
+        {
+            f(bar);
+        }
+    }
+
     fn style(stage: Stage) -> ProgressStyle {
         let template = match stage {
             Stage::Solve | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
@@ -63,27 +76,11 @@ impl Reporter for Bars {
     }
 
     fn on_progress(&self, stage: Stage, delta: u64) {
-        if let Some((_, bar)) = self
-            .current
-            .lock()
-            .expect("bars")
-            .iter()
-            .find(|(s, _)| *s == stage)
-        {
-            bar.inc(delta);
-        }
+        self.with_bar(stage, |bar| bar.inc(delta));
     }
 
     fn on_total(&self, stage: Stage, total: u64) {
-        if let Some((_, bar)) = self
-            .current
-            .lock()
-            .expect("bars")
-            .iter()
-            .find(|(s, _)| *s == stage)
-        {
-            bar.set_length(total);
-        }
+        self.with_bar(stage, |bar| bar.set_length(total));
     }
 
     fn on_stage_end(&self, stage: Stage) {

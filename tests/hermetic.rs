@@ -133,12 +133,7 @@ impl Fixture {
             &self.path().join(format!("{name}.tar")),
             &["--keep-work", "--work-dir", work.to_str().unwrap()],
         );
-        let staging = std::fs::read_dir(&work)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let staging = support::kept_work_folder(&work);
         let prefix = staging.join("env");
         assert!(prefix.join("conda-meta").is_dir(), "{}", prefix.display());
         prefix

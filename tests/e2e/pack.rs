@@ -46,13 +46,7 @@ pub fn pack_env(dir: &Path, deps: &[&str], extra: &[&str]) -> (PathBuf, PathBuf)
             .arg(&work)
             .args(extra),
     );
-    let staging = std::fs::read_dir(&work)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    (out, staging)
+    (out, support::kept_work_folder(&work))
 }
 
 /// A short fresh folder (the extraction target must differ in length from the staging path).

@@ -38,6 +38,16 @@ pub fn write_environment(dir: &Path, name: &str, channels: &[&str], deps: &[&str
     env
 }
 
+/// The folder `envpack pack --work-dir WORK --keep-work` left in `work` (it holds `env/`).
+pub fn kept_work_folder(work: &Path) -> PathBuf {
+    std::fs::read_dir(work)
+        .unwrap()
+        .next()
+        .expect("a kept work folder")
+        .unwrap()
+        .path()
+}
+
 /// The package cache the tests share (inside the target folder).
 pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envpack-test-cache")
