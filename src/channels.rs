@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
+use crate::paths::normalize;
+
 /// The channels conda means by `defaults` on Linux.
 pub const DEFAULTS: [&str; 2] = [
     "https://repo.anaconda.com/pkgs/main",
@@ -22,7 +24,7 @@ pub const DEFAULT_ALIAS: &str = "https://conda.anaconda.org/";
 pub enum ChannelError {
     /// A channel alias that is not an absolute URL.
     #[error("invalid channel alias `{alias}`")]
-    InvalidAlias {
+    Alias {
         /// The alias as given.
         alias: String,
         /// Why it did not parse.
@@ -33,13 +35,13 @@ pub enum ChannelError {
     #[error(
         "invalid mirror `{entry}`: expected FROM=TO, FROM a channel name or URL, TO a URL or path"
     )]
-    InvalidMirror {
+    Mirror {
         /// The entry as given.
         entry: String,
     },
     /// A channel that is neither a name, a URL nor a path.
     #[error("invalid channel `{channel}`")]
-    InvalidChannel {
+    Name {
         /// The channel as written.
         channel: String,
     },
@@ -70,6 +72,8 @@ pub struct ResolvedChannel {
 pub struct ChannelMap {
     alias: Url,
     mirrors: Vec<Mirror>,
+    /// The user's home folder, for `~/` in channel paths.
+    home: Option<PathBuf>,
 }
 
 impl Default for ChannelMap {
@@ -77,14 +81,22 @@ impl Default for ChannelMap {
         Self {
             alias: Url::parse(DEFAULT_ALIAS).expect("valid default alias"),
             mirrors: Vec::new(),
+            home: None,
         }
     }
 }
 
 impl ChannelMap {
     /// A map with the given alias (`None`: conda's) and mirror entries (`FROM=TO`).
-    /// Relative mirror targets are resolved against `cwd`.
-    pub fn new(alias: Option<&str>, mirrors: &[String], cwd: &Path) -> Result<Self, ChannelError> {
+    /// Relative mirror targets are resolved against `cwd`, `~/` against `home`. When two
+    /// entries redirect the same channel, the later one wins (flags come after
+    /// `ENVPACK_MIRRORS`, so a flag overrides the variable).
+    pub fn new(
+        alias: Option<&str>,
+        mirrors: &[String],
+        cwd: &Path,
+        home: Option<&Path>,
+    ) -> Result<Self, ChannelError> {
         let alias = match alias {
             Some(a) => {
                 let with_slash = if a.ends_with('/') {
@@ -92,7 +104,7 @@ impl ChannelMap {
                 } else {
                     format!("{a}/")
                 };
-                Url::parse(&with_slash).map_err(|source| ChannelError::InvalidAlias {
+                Url::parse(&with_slash).map_err(|source| ChannelError::Alias {
                     alias: a.to_string(),
                     source,
                 })?
@@ -102,30 +114,31 @@ impl ChannelMap {
         let mut map = Self {
             alias,
             mirrors: Vec::new(),
+            home: home.map(Path::to_path_buf),
         };
         for entry in mirrors {
             let (from, to) = entry
                 .split_once('=')
                 .filter(|(f, t)| !f.is_empty() && !t.is_empty())
-                .ok_or_else(|| ChannelError::InvalidMirror {
+                .ok_or_else(|| ChannelError::Mirror {
                     entry: entry.clone(),
                 })?;
-            let invalid = || ChannelError::InvalidMirror {
+            let invalid = || ChannelError::Mirror {
                 entry: entry.clone(),
             };
-            let to = trim_slash(to_url(to, cwd).ok_or_else(invalid)?.as_str());
+            let to = trim_slash(map.to_url(to, cwd).ok_or_else(invalid)?.as_str());
             if from == "defaults" {
                 // A mirror of `defaults` holds its channels side by side: TO/main, TO/r.
                 for u in DEFAULTS {
                     let name = u.rsplit('/').next().unwrap_or_default();
-                    map.mirrors.push(Mirror {
+                    map.add_mirror(Mirror {
                         from: u.to_string(),
                         to: format!("{to}/{name}"),
                     });
                 }
             } else {
                 let from_url = map.canonical_url(from, cwd).map_err(|_| invalid())?;
-                map.mirrors.push(Mirror {
+                map.add_mirror(Mirror {
                     from: trim_slash(from_url.as_str()),
                     to,
                 });
@@ -134,10 +147,10 @@ impl ChannelMap {
         Ok(map)
     }
 
-    /// The mirrors, in the order they are tried (first match wins).
-    #[must_use]
-    pub fn mirrors(&self) -> &[Mirror] {
-        &self.mirrors
+    /// Adds a mirror; one for the same channel given earlier is replaced (the last wins).
+    fn add_mirror(&mut self, mirror: Mirror) {
+        self.mirrors.retain(|m| m.from != mirror.from);
+        self.mirrors.push(mirror);
     }
 
     /// Resolves one `channels:` entry. `defaults` yields two channels; `base_dir` anchors
@@ -168,21 +181,22 @@ impl ChannelMap {
         }
     }
 
-    /// The mirror URL for `canonical`, if a mirror applies.
+    /// The mirror URL for `canonical`, if a mirror applies (the longest matching prefix).
     fn mirrored(&self, canonical: &Url) -> Option<Url> {
         let c = trim_slash(canonical.as_str());
-        self.mirrors.iter().find_map(|m| {
-            let rest = c.strip_prefix(&m.from)?;
-            if !(rest.is_empty() || rest.starts_with('/')) {
-                return None;
-            }
-            Url::parse(&format!("{}{rest}/", m.to)).ok()
-        })
+        self.mirrors
+            .iter()
+            .filter_map(|m| {
+                let rest = c.strip_prefix(&m.from)?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
+            })
+            .max_by_key(|(m, _)| m.from.len())
+            .and_then(|(m, rest)| Url::parse(&format!("{}{rest}/", m.to)).ok())
     }
 
     /// The canonical URL of a channel name, URL or path.
     fn canonical_url(&self, channel: &str, base_dir: &Path) -> Result<Url, ChannelError> {
-        let invalid = || ChannelError::InvalidChannel {
+        let invalid = || ChannelError::Name {
             channel: channel.to_string(),
         };
         if channel.is_empty() || channel.contains(char::is_whitespace) {
@@ -192,13 +206,33 @@ impl ChannelMap {
             return Url::parse(&format!("{}/", trim_slash(channel))).map_err(|_| invalid());
         }
         if is_path_like(channel) {
-            let path = expand_path(channel, base_dir);
+            let path = self.expand_path(channel, base_dir);
             return Url::from_directory_path(&path).map_err(|()| invalid());
         }
         // A name, possibly with a path (`pytorch/label/nightly`).
         self.alias
             .join(&format!("{}/", channel.trim_matches('/')))
             .map_err(|_| invalid())
+    }
+
+    /// A path as written in a channel or mirror entry, made absolute: `~/` is the home
+    /// folder, a relative path is relative to `base_dir`.
+    fn expand_path(&self, s: &str, base_dir: &Path) -> PathBuf {
+        let p = match (s.strip_prefix("~/"), &self.home) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => PathBuf::from(s),
+        };
+        let joined = if p.is_absolute() { p } else { base_dir.join(p) };
+        normalize(&joined)
+    }
+
+    /// A mirror target: a URL, or a folder.
+    fn to_url(&self, s: &str, cwd: &Path) -> Option<Url> {
+        if s.contains("://") {
+            Url::parse(&format!("{}/", trim_slash(s))).ok()
+        } else {
+            Url::from_directory_path(self.expand_path(s, cwd)).ok()
+        }
     }
 
     /// The canonical URL for the channel part of a `channel::package` spec.
@@ -212,10 +246,44 @@ impl ChannelMap {
     }
 }
 
-/// URL rewrites from fetch URLs back to canonical ones, for records written into the
-/// environment. Longest prefixes first.
-#[must_use]
-pub fn canonical_rewrites(channels: &[ResolvedChannel]) -> Vec<(String, String)> {
+/// Fetch-URL prefixes mapped back to canonical ones, longest first: records written into the
+/// environment name the channel, never the mirror it was fetched from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlRewrites(Vec<(String, String)>);
+
+impl UrlRewrites {
+    /// The rewrites of the mirrored channels among `channels`.
+    #[must_use]
+    pub fn new(channels: &[ResolvedChannel]) -> Self {
+        Self(canonical_rewrites(channels))
+    }
+
+    /// Rewrites from explicit (fetch prefix, canonical prefix) pairs, longest first.
+    #[cfg(test)]
+    #[must_use]
+    pub fn from_pairs(mut pairs: Vec<(String, String)>) -> Self {
+        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.cmp(b)));
+        Self(pairs)
+    }
+
+    /// `url` with a mirror's prefix replaced by its channel's, if one matches.
+    #[must_use]
+    pub fn apply(&self, url: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(f, _)| url.starts_with(f.as_str()))
+            .map(|(f, t)| format!("{t}{}", &url[f.len()..]))
+    }
+
+    /// The canonical form of a channel URL, without its trailing slash.
+    #[must_use]
+    pub fn canonical(&self, url: &str) -> String {
+        let trimmed = url.trim_end_matches('/');
+        self.apply(trimmed).unwrap_or_else(|| trimmed.to_string())
+    }
+}
+
+fn canonical_rewrites(channels: &[ResolvedChannel]) -> Vec<(String, String)> {
     let mut rewrites: Vec<(String, String)> = channels
         .iter()
         .filter(|c| c.fetch != c.canonical)
@@ -244,39 +312,6 @@ fn is_path_like(s: &str) -> bool {
         || s == ".."
 }
 
-fn expand_path(s: &str, base_dir: &Path) -> PathBuf {
-    let p = if let Some(rest) = s.strip_prefix("~/") {
-        std::env::var_os("HOME").map_or_else(|| PathBuf::from(s), |h| PathBuf::from(h).join(rest))
-    } else {
-        PathBuf::from(s)
-    };
-    let joined = if p.is_absolute() { p } else { base_dir.join(p) };
-    normalize(&joined)
-}
-
-/// Lexical normalisation (`a/./b/../c` to `a/c`), without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-fn to_url(s: &str, cwd: &Path) -> Option<Url> {
-    if s.contains("://") {
-        Url::parse(&format!("{}/", trim_slash(s))).ok()
-    } else {
-        Url::from_directory_path(expand_path(s, cwd)).ok()
-    }
-}
-
 fn trim_slash(s: &str) -> String {
     s.trim_end_matches('/').to_string()
 }
@@ -287,7 +322,30 @@ mod tests {
 
     fn map(alias: Option<&str>, mirrors: &[&str]) -> ChannelMap {
         let m: Vec<String> = mirrors.iter().map(ToString::to_string).collect();
-        ChannelMap::new(alias, &m, Path::new("/build")).unwrap()
+        ChannelMap::new(alias, &m, Path::new("/build"), None).unwrap()
+    }
+
+    #[test]
+    fn the_last_mirror_of_a_channel_wins_and_the_longest_prefix_applies() {
+        let m = map(
+            None,
+            &[
+                "conda-forge=/first",
+                "conda-forge=/second",
+                "https://conda.anaconda.org=/all",
+            ],
+        );
+        let fetch = |c: &str| m.resolve(c, Path::new("/x")).unwrap()[0].fetch.to_string();
+        assert_eq!(fetch("conda-forge"), "file:///second/");
+        assert_eq!(fetch("bioconda"), "file:///all/bioconda/");
+    }
+
+    #[test]
+    fn home_expands_in_channel_paths() {
+        let m =
+            ChannelMap::new(None, &[], Path::new("/build"), Some(Path::new("/home/u"))).unwrap();
+        let c = &m.resolve("~/chan", Path::new("/x")).unwrap()[0];
+        assert_eq!(c.canonical.as_str(), "file:///home/u/chan/");
     }
 
     #[test]
@@ -398,11 +456,8 @@ mod tests {
     #[test]
     fn bad_mirrors_are_errors() {
         for bad in ["conda-forge", "=x", "conda-forge="] {
-            let r = ChannelMap::new(None, &[bad.to_string()], Path::new("/"));
-            assert!(
-                matches!(r, Err(ChannelError::InvalidMirror { .. })),
-                "{bad}"
-            );
+            let r = ChannelMap::new(None, &[bad.to_string()], Path::new("/"), None);
+            assert!(matches!(r, Err(ChannelError::Mirror { .. })), "{bad}");
         }
     }
 }

@@ -1,10 +1,9 @@
-//! Command-line arguments, parsed with clap and turned into an [`envpack::settings::Request`].
+//! Command-line arguments, parsed with clap and turned into an [`envpack::Request`].
 
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, Parser, Subcommand};
-use envpack::pack::Filter;
-use envpack::settings::Request;
+use envpack::{Filter, Request};
 
 /// Pack a conda environment into a relocatable tarball for Triton and MLServer.
 #[derive(Debug, Parser)]
@@ -125,8 +124,9 @@ pub struct PackArgs {
     #[arg(long, value_name = "X.Y")]
     pub cuda: Option<String>,
 
-    /// URL that channel names are relative to (default https://conda.anaconda.org/).
-    #[arg(long, value_name = "URL", env = "ENVPACK_CHANNEL_ALIAS")]
+    /// URL that channel names are relative to (default https://conda.anaconda.org/; also
+    /// ENVPACK_CHANNEL_ALIAS).
+    #[arg(long, value_name = "URL")]
     pub channel_alias: Option<String>,
 
     /// Fetch channel FROM (a name or URL prefix) from TO (a URL or folder). Repeatable; also
@@ -186,7 +186,7 @@ pub struct PackArgs {
     #[arg(long)]
     pub no_auto_relocate: bool,
 
-    /// No progress bars.
+    /// No progress bars and no result line (warnings and errors still print).
     #[arg(short, long)]
     pub quiet: bool,
 

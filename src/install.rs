@@ -13,7 +13,7 @@ use rattler::install::{Installer, LinkOptions, Transaction};
 use rattler::package_cache::PackageCache;
 use rattler_conda_types::{PrefixRecord, RepoDataRecord, Subdir};
 
-use crate::report::{SharedReporter, Stage};
+use crate::report::{Notice, SharedReporter, Stage};
 
 /// Errors of installing.
 #[derive(Debug, thiserror::Error)]
@@ -52,15 +52,9 @@ pub enum InstallError {
         /// The tail of what it printed.
         output: String,
     },
-    /// Writing the pip requirements file failed.
-    #[error("cannot write {}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Installs `records` into `prefix` (created if missing).
@@ -205,16 +199,15 @@ pub enum PipTool {
 }
 
 impl PipTool {
-    /// uv when it is on PATH (faster, same result), else pip.
+    /// uv when it is on `path` (the value of PATH: faster, same result), else pip.
     #[must_use]
-    pub fn detect() -> Self {
-        std::env::var_os("PATH")
-            .and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|p| p.join("uv"))
-                    .find(|p| p.is_file())
-            })
-            .map_or(PipTool::Pip, PipTool::Uv)
+    pub fn detect(path: Option<&str>) -> Self {
+        path.and_then(|paths| {
+            std::env::split_paths(paths)
+                .map(|p| p.join("uv"))
+                .find(|p| p.is_file())
+        })
+        .map_or(PipTool::Pip, PipTool::Uv)
     }
 }
 
@@ -225,14 +218,7 @@ pub fn check_pip(
     records: &[RepoDataRecord],
     tool: &PipTool,
 ) -> Result<(), InstallError> {
-    let host = crate::solve::target_platform(None).ok();
-    if !cfg!(target_os = "linux") || host != Some(platform) {
-        return Err(InstallError::PipUnavailable {
-            reason: format!(
-                "pip runs the environment's own interpreter, which cannot run on this host for target platform {platform}"
-            ),
-        });
-    }
+    check_pip_platform(platform)?;
     let has = |name: &str| {
         records
             .iter()
@@ -280,10 +266,7 @@ pub fn install_pip(
         .iter()
         .map(|l| absolutize_requirement_line(l, base_dir) + "\n")
         .collect();
-    fs_err::write(&requirements, text).map_err(|source| InstallError::Io {
-        path: requirements.clone(),
-        source,
-    })?;
+    fs_err::write(&requirements, text)?;
     let python = prefix.join("bin/python");
     let mut cmd = match tool {
         PipTool::Pip => {
@@ -331,9 +314,9 @@ pub fn install_pip(
     }
     tracing::debug!("{}", String::from_utf8_lossy(&out.stdout));
     for replaced in forget_replaced_conda_packages(prefix)? {
-        reporter.on_warning(&format!(
+        reporter.on_notice(&Notice::warning(format!(
             "pip replaced the conda package {replaced}; the environment keeps pip's version"
-        ));
+        )));
     }
     reporter.on_stage_end(Stage::Pip);
     Ok(())
@@ -344,12 +327,7 @@ pub fn install_pip(
 /// Returns `name-version-build` of each.
 fn forget_replaced_conda_packages(prefix: &Path) -> Result<Vec<String>, InstallError> {
     let meta = prefix.join("conda-meta");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| InstallError::Io { path, source }
-    };
-    let mut names: Vec<PathBuf> = fs_err::read_dir(&meta)
-        .map_err(io(&meta))?
+    let mut names: Vec<PathBuf> = fs_err::read_dir(&meta)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -357,7 +335,7 @@ fn forget_replaced_conda_packages(prefix: &Path) -> Result<Vec<String>, InstallE
     names.sort();
     let mut replaced = Vec::new();
     for record in names {
-        let text = fs_err::read_to_string(&record).map_err(io(&record))?;
+        let text = fs_err::read_to_string(&record)?;
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
         };
@@ -367,7 +345,7 @@ fn forget_replaced_conda_packages(prefix: &Path) -> Result<Vec<String>, InstallE
             .filter_map(|f| f.as_str())
             .any(|f| std::fs::symlink_metadata(prefix.join(f)).is_err());
         if gone {
-            fs_err::remove_file(&record).map_err(io(&record))?;
+            fs_err::remove_file(&record)?;
             replaced.push(
                 record
                     .file_stem()

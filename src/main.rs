@@ -11,8 +11,7 @@ use std::sync::Arc;
 use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
-use envpack::targets::ModelsReport;
-use envpack::{Error, Report, Settings, Summary};
+use envpack::{Error, ModelsReport, Report, Settings, SharedReporter, Summary};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -24,23 +23,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Pack(args) => {
             let sub = matches.subcommand_matches("pack").expect("pack matches");
-            let bars = Arc::new(progress::Bars::new(
-                !args.quiet && !args.no_progress,
-                args.quiet,
-            ));
+            let bars = Arc::new(progress::Bars::new(!args.quiet && !args.no_progress));
             init_logging(args.verbose, bars.clone());
+            // The process environment and the current folder are read here, once.
             let cwd = match std::env::current_dir() {
                 Ok(c) => c,
                 Err(e) => {
-                    return report(&Error::Io {
-                        path: ".".into(),
-                        source: e,
-                    });
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "error: cannot read the current folder\n  caused by: {e}"
+                    );
+                    return ExitCode::from(1);
                 }
             };
             let env = |k: &str| std::env::var(k).ok();
             let result = Settings::resolve(args.request(sub), &env, &cwd)
-                .and_then(|s| envpack::run(&s, &(bars.clone() as envpack::report::SharedReporter)));
+                .map_err(Error::from)
+                .and_then(|s| envpack::run(&s, &(bars.clone() as SharedReporter)));
             match result {
                 Ok(report) => {
                     let printed = match &report {
@@ -69,7 +68,7 @@ fn on_interrupt_remove_temporaries() {
     };
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            envpack::cleanup::remove_all();
+            envpack::remove_temporaries();
             let _ = writeln!(std::io::stderr(), "\ninterrupted: temporary files removed");
             std::process::exit(128 + signal);
         }
@@ -134,7 +133,7 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     } else if s.dry_run {
         writeln!(
             out,
-            "would write {} ({:?}, {})",
+            "would write {} ({}, {})",
             s.output.display(),
             s.format,
             s.platform

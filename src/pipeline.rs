@@ -1,26 +1,28 @@
-//! The pipeline: settings in, an archive (and a summary) out.
+//! The pipeline engine: one environment, from an environment file or an existing prefix, to
+//! an archive.
 //!
-//! Resolve, plan, execute, as steps that [`crate::targets`] drives too:
-//! [`Pipeline::solve`] reads and solves the environment file (the plan `--dry-run` prints),
-//! [`Pipeline::install`] installs the packages and the `pip:` section into a staging prefix in
-//! a work folder, the targets check that prefix for their server, and [`Pipeline::pack`]
-//! writes the archive. The staging prefix is removed when the [`Staged`] value is dropped.
+//! Resolve, plan, execute, as steps the orchestration above drives ([`crate::models`] for
+//! models and repositories): [`Pipeline::solve`] reads nothing new and solves the environment
+//! file (the plan `--dry-run` prints), [`Pipeline::install`] installs the packages and the
+//! `pip:` section into a staging prefix in a work folder, a check looks at that prefix for the
+//! server that will read it, and [`Pipeline::pack`] writes the archive. [`Pipeline::build`]
+//! is that sequence; the staging prefix is removed when the [`Staged`] value is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use rattler_conda_types::RepoDataRecord;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::install::{self, PipTool};
+use crate::channels::UrlRewrites;
+use crate::error::Error;
+use crate::install;
 use crate::pack::{self, Format, PackError, PackPlan};
-use crate::report::{SharedReporter, Stage};
-use crate::settings::{Input, Settings};
+use crate::report::{Notice, SharedReporter, Stage, Timings};
+use crate::settings::Settings;
 use crate::solve::{self, SolveRequest};
-use crate::spec::EnvironmentSpec;
-use crate::{Error, channels, spec, targets};
+use crate::spec::{self, EnvironmentSpec};
 
 /// One package of the environment, for reports.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -37,7 +39,7 @@ pub struct PackageSummary {
     pub size: u64,
 }
 
-/// What a run did: the human summary and `--json` print the same facts.
+/// What a run did for one environment: the human summary and `--json` print the same facts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// The environment file, if one was solved.
@@ -62,50 +64,20 @@ pub struct Summary {
     pub members: usize,
     /// Files relocated when the environment moves.
     pub relocated_files: usize,
-    /// Warnings.
-    pub warnings: Vec<String>,
+    /// Warnings and notes.
+    pub notices: Vec<Notice>,
     /// Nothing was written.
     pub dry_run: bool,
     /// Seconds per stage.
-    pub timings: Vec<(String, f64)>,
+    pub timings: Timings,
 }
 
-/// What `envpack pack` reports: one environment, or the models of a model target.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum Report {
-    /// An environment file or an existing prefix, packed into one output.
-    Environment(Summary),
-    /// A Triton or MLServer model, or a model repository.
-    Models(targets::ModelsReport),
-}
+/// What a check of a staging prefix found: nothing that stops the pack, or notices.
+pub type Check<'c> = &'c (dyn Fn(&Path) -> Result<Vec<Notice>, Error> + Sync);
 
-/// Runs the whole job.
-pub fn run(settings: &Settings, reporter: &SharedReporter) -> Result<Report, Error> {
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(settings.threads)
-            .thread_name(|i| format!("envpack-{i}"))
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot start {} threads: {e}", settings.threads)))?,
-    );
-    match &settings.input {
-        Input::Prefix(prefix) => {
-            pack_prefix(settings, prefix, pool, reporter).map(Report::Environment)
-        }
-        Input::EnvironmentFile(file) => {
-            let p = Pipeline::new(settings, pool)?;
-            pack_environment(&p, file, reporter).map(Report::Environment)
-        }
-        Input::MlServerImage(file) => {
-            let p = Pipeline::new(settings, pool)?;
-            targets::pack_mlserver_image(&p, file, reporter).map(Report::Environment)
-        }
-        Input::Models { root, models } => {
-            let p = Pipeline::new(settings, pool)?;
-            targets::pack_models(&p, root, models, reporter).map(Report::Models)
-        }
-    }
+/// No check.
+pub fn no_check() -> Check<'static> {
+    &|_| Ok(Vec::new())
 }
 
 /// The shared resources of one run (thread pool, async runtime, HTTP client), and the steps
@@ -118,7 +90,6 @@ pub struct Pipeline<'a> {
     pool: Arc<rayon::ThreadPool>,
     rt: tokio::runtime::Runtime,
     client: rattler_networking::LazyClient,
-    pip_tool: PipTool,
 }
 
 /// An environment file, read and solved: the plan of one environment.
@@ -130,10 +101,10 @@ pub struct Solved {
     pub records: Vec<RepoDataRecord>,
     /// The same, for reports (canonical channels).
     pub packages: Vec<PackageSummary>,
-    /// Mirror URL prefix → canonical URL prefix, for `conda-meta`.
-    pub rewrites: Vec<(String, String)>,
+    /// Mirror URL prefixes to canonical ones, for `conda-meta`.
+    pub rewrites: UrlRewrites,
     /// Seconds per stage so far.
-    pub timings: Vec<(String, f64)>,
+    pub timings: Timings,
 }
 
 impl Solved {
@@ -191,7 +162,7 @@ impl Solved {
             pip: self.env.pip.clone(),
             members: 0,
             relocated_files: 0,
-            warnings: Vec::new(),
+            notices: Vec::new(),
             dry_run: settings.dry_run,
             timings: self.timings.clone(),
         }
@@ -220,7 +191,7 @@ pub struct Staged {
     /// The staging prefix.
     pub prefix: PathBuf,
     /// Seconds per stage of the install.
-    pub timings: Vec<(String, f64)>,
+    pub timings: Timings,
     keep: bool,
     reporter: SharedReporter,
 }
@@ -231,51 +202,64 @@ impl Drop for Staged {
             && let Some(work) = self.work.take()
         {
             let kept = work.keep();
-            self.reporter.on_warning(&format!(
+            self.reporter.on_notice(&Notice::note(format!(
                 "staging prefix kept at {}",
                 kept.join("env").display()
-            ));
+            )));
         }
     }
 }
 
 impl<'a> Pipeline<'a> {
-    /// Starts the runtime and the HTTP client (credentials are loaded here).
-    pub fn new(settings: &'a Settings, pool: Arc<rayon::ThreadPool>) -> Result<Self, Error> {
+    /// Starts the thread pool, the runtime and the HTTP client (credentials are loaded here).
+    pub fn new(settings: &'a Settings) -> Result<Self, Error> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.threads)
+            .thread_name(|i| format!("envpack-{i}"))
+            .build()
+            .map_err(Error::ThreadPool)?;
+        // Network I/O and the installer's file work; CPU work runs on the rayon pool. Both
+        // are sized from --threads so that environments built at once share the cores.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads.max(1))
+            .max_blocking_threads((settings.threads * 4).max(8))
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
         Ok(Self {
             settings,
-            pool,
-            rt: runtime(settings.threads)?,
+            pool: Arc::new(pool),
+            rt,
             client: http_client()?,
-            pip_tool: PipTool::detect(),
         })
     }
 
-    /// Reads nothing new: solves `env` for the target, after checking that its `pip:` section
-    /// can be installed here.
+    /// Solves `env` for the target, after checking that its `pip:` section can be installed
+    /// here.
     pub fn solve(&self, env: EnvironmentSpec, reporter: &SharedReporter) -> Result<Solved, Error> {
         let settings = self.settings;
         if !env.pip.is_empty() {
             // Before any work: the target must be runnable here.
             install::check_pip_platform(settings.platform)?;
         }
-        let t = Instant::now();
+        let mut timings = Timings::default();
         reporter.on_stage_start(Stage::Solve, None);
-        let solution = self.rt.block_on(solve::solve(SolveRequest {
-            spec: &env,
-            channels: &settings.channels,
-            platform: settings.platform,
-            virtual_packages: settings.virtual_packages.packages(settings.platform)?,
-            cache_dir: settings.cache_dir.clone(),
-            client: self.client.clone(),
-        }))?;
+        let solution = timings.time(Stage::Solve, || {
+            self.rt.block_on(solve::solve(SolveRequest {
+                spec: &env,
+                channels: &settings.channels,
+                platform: settings.platform,
+                virtual_packages: settings.virtual_packages.packages(settings.platform)?,
+                cache_dir: settings.cache_dir.clone(),
+                client: self.client.clone(),
+            }))
+        })?;
         reporter.on_stage_end(Stage::Solve);
-        let timings = vec![("solve".to_string(), t.elapsed().as_secs_f64())];
         if !env.pip.is_empty() {
-            install::check_pip(settings.platform, &solution.records, &self.pip_tool)?;
+            install::check_pip(settings.platform, &solution.records, &settings.pip_tool)?;
         }
-        let rewrites = channels::canonical_rewrites(&solution.channels);
-        let packages = package_summaries(&solution, &rewrites);
+        let rewrites = UrlRewrites::new(&solution.channels);
+        let packages = package_summaries(&solution.records, &rewrites);
         Ok(Solved {
             env,
             records: solution.records,
@@ -294,36 +278,32 @@ impl<'a> Pipeline<'a> {
             prefix: prefix.clone(),
             _interrupt: crate::cleanup::register(work.path()),
             work: Some(work),
-            timings: Vec::new(),
+            timings: Timings::default(),
             keep: settings.keep_work,
             reporter: reporter.clone(),
         };
-        let t = Instant::now();
-        self.rt.block_on(install::install_conda(
-            &prefix,
-            solved.records.clone(),
-            settings.platform,
-            &settings.cache_dir,
-            self.client.clone(),
-            reporter.clone(),
-        ))?;
-        staged
-            .timings
-            .push(("install".to_string(), t.elapsed().as_secs_f64()));
-        if !solved.env.pip.is_empty() {
-            let t = Instant::now();
-            let work = staged.work.as_ref().map_or(Path::new("."), |w| w.path());
-            install::install_pip(
+        staged.timings.time(Stage::Install, || {
+            self.rt.block_on(install::install_conda(
                 &prefix,
-                &solved.env.pip,
-                solved.env.base_dir(),
-                work,
-                &self.pip_tool,
-                reporter,
-            )?;
-            staged
-                .timings
-                .push(("pip".to_string(), t.elapsed().as_secs_f64()));
+                solved.records.clone(),
+                settings.platform,
+                &settings.cache_dir,
+                self.client.clone(),
+                reporter.clone(),
+            ))
+        })?;
+        if !solved.env.pip.is_empty() {
+            let work = staged.work.as_ref().map_or(Path::new("."), |w| w.path());
+            staged.timings.time(Stage::Pip, || {
+                install::install_pip(
+                    &prefix,
+                    &solved.env.pip,
+                    solved.env.base_dir(),
+                    work,
+                    &settings.pip_tool,
+                    reporter,
+                )
+            })?;
         }
         Ok(staged)
     }
@@ -337,33 +317,129 @@ impl<'a> Pipeline<'a> {
         summary: &mut Summary,
         reporter: &SharedReporter,
     ) -> Result<(), Error> {
-        summary.timings.extend(staged.timings.iter().cloned());
+        summary.timings.extend(&staged.timings);
         let mut options = self.settings.pack.clone();
         options.format = summary.format;
         options.url_rewrites.clone_from(&solved.rewrites);
         options.variables.clone_from(&solved.env.variables);
-        pack_staging(
-            summary,
-            &staged.prefix,
-            &options,
-            self.pool.clone(),
-            reporter,
-        )
+        let plan = self.plan(&staged.prefix, &options, &mut summary.timings, reporter)?;
+        summary.size = self.execute(&plan, &summary.output, &mut summary.timings, reporter)?;
+        summary.members = plan.members.len();
+        summary.relocated_files = plan.relocations.len();
+        summary.notices.extend(plan.warnings);
+        Ok(())
     }
-}
 
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Error> {
-    // Network I/O and the installer's file work; CPU work runs on the rayon pool. Both are
-    // sized from --threads so that environments built at once share the cores.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .max_blocking_threads((threads * 4).max(8))
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            path: PathBuf::from("<tokio runtime>"),
-            source,
+    /// Installs `solved`, runs `check` on the staging prefix (its notices are reported and
+    /// kept), and packs it into `output`: the sequence every environment goes through.
+    pub fn build(
+        &self,
+        solved: &Solved,
+        output: PathBuf,
+        check: Check<'_>,
+        reporter: &SharedReporter,
+    ) -> Result<Summary, Error> {
+        let staged = self.install(solved, reporter)?;
+        let notices = check(&staged.prefix)?;
+        for n in &notices {
+            reporter.on_notice(n);
+        }
+        let mut summary = solved.summary(self.settings, output, self.settings.pack.format);
+        summary.notices.extend(notices);
+        self.pack(solved, &staged, &mut summary, reporter)?;
+        Ok(summary)
+    }
+
+    /// Reads, solves and (unless `--dry-run`) builds the environment file `file` into
+    /// `output` (default: named after the environment, in the current folder), with `check`
+    /// between install and pack.
+    pub fn pack_file(
+        &self,
+        file: &Path,
+        output: Option<PathBuf>,
+        check: Check<'_>,
+        reporter: &SharedReporter,
+    ) -> Result<Summary, Error> {
+        let env = spec::read(file)?;
+        let output = output.unwrap_or_else(|| {
+            default_output(self.settings, env.name.as_deref().unwrap_or("environment"))
+        });
+        check_output(self.settings, &output)?;
+        let solved = self.solve(env, reporter)?;
+        if self.settings.dry_run {
+            return Ok(solved.summary(self.settings, output, self.settings.pack.format));
+        }
+        self.build(&solved, output, check, reporter)
+    }
+
+    /// Packs an existing environment (`--prefix`).
+    pub fn pack_prefix(&self, prefix: &Path, reporter: &SharedReporter) -> Result<Summary, Error> {
+        let settings = self.settings;
+        let name = fs_err::canonicalize(prefix)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "environment".into());
+        let output = settings
+            .output
+            .clone()
+            .unwrap_or_else(|| default_output(settings, &name));
+        check_output(settings, &output)?;
+        let mut timings = Timings::default();
+        let mut options = settings.pack.clone();
+        options.filters.extend(output_inside(prefix, &output));
+        let plan = self.plan(prefix, &options, &mut timings, reporter)?;
+        let size = if settings.dry_run {
+            0
+        } else {
+            self.execute(&plan, &output, &mut timings, reporter)?
+        };
+        Ok(Summary {
+            environment_file: None,
+            prefix: Some(plan.prefix.clone()),
+            output,
+            format: plan.format,
+            size,
+            platform: settings.platform.to_string(),
+            download_size: 0,
+            packages: Vec::new(),
+            pip: Vec::new(),
+            members: plan.members.len(),
+            relocated_files: plan.relocations.len(),
+            notices: plan.warnings,
+            dry_run: settings.dry_run,
+            timings,
         })
+    }
+
+    /// Scans `prefix` into the archive's plan; its warnings are reported.
+    fn plan(
+        &self,
+        prefix: &Path,
+        options: &pack::PackOptions,
+        timings: &mut Timings,
+        reporter: &SharedReporter,
+    ) -> Result<PackPlan, Error> {
+        let plan = timings.time(Stage::Scan, || {
+            pack::plan(prefix, options, &self.pool, reporter)
+        })?;
+        for w in &plan.warnings {
+            reporter.on_notice(w);
+        }
+        Ok(plan)
+    }
+
+    /// Writes the plan to `output`; returns its size.
+    fn execute(
+        &self,
+        plan: &PackPlan,
+        output: &Path,
+        timings: &mut Timings,
+        reporter: &SharedReporter,
+    ) -> Result<u64, Error> {
+        Ok(timings.time(Stage::Pack, || {
+            pack::execute(plan, output, self.pool.clone(), reporter)
+        })?)
+    }
 }
 
 fn http_client() -> Result<rattler_networking::LazyClient, Error> {
@@ -391,54 +467,20 @@ pub fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
-        return Err(Error::Usage(format!(
-            "the output folder {} does not exist",
-            parent.display()
-        )));
+        return Err(PackError::NoOutputFolder {
+            dir: parent.to_path_buf(),
+        }
+        .into());
     }
     Ok(())
 }
 
 /// `<name><extension>` in the current folder.
 #[must_use]
-pub fn default_output(name: &str, format: Format) -> PathBuf {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    cwd.join(format!("{name}{}", format.extension()))
-}
-
-fn pack_prefix(
-    settings: &Settings,
-    prefix: &Path,
-    pool: Arc<rayon::ThreadPool>,
-    reporter: &SharedReporter,
-) -> Result<Summary, Error> {
-    let name = fs_err::canonicalize(prefix)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "environment".into());
-    let output = settings
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&name, settings.pack.format));
-    check_output(settings, &output)?;
-    let mut timings = Vec::new();
-    let t = Instant::now();
-    let mut options = settings.pack.clone();
-    options.filters.extend(output_inside(prefix, &output));
-    let plan = pack::plan(prefix, &options, &pool, reporter)?;
-    timings.push(("scan".to_string(), t.elapsed().as_secs_f64()));
-    for w in &plan.warnings {
-        reporter.on_warning(w);
-    }
-    let size = if settings.dry_run {
-        0
-    } else {
-        let t = Instant::now();
-        let size = pack::execute(&plan, &output, pool, reporter)?;
-        timings.push(("pack".to_string(), t.elapsed().as_secs_f64()));
-        size
-    };
-    Ok(summary_of(&plan, output, size, settings, timings))
+pub fn default_output(settings: &Settings, name: &str) -> PathBuf {
+    settings
+        .cwd
+        .join(format!("{name}{}", settings.pack.format.extension()))
 }
 
 /// When the output is written inside the environment being packed, an earlier output and
@@ -468,120 +510,26 @@ fn output_inside(prefix: &Path, output: &Path) -> Vec<pack::Filter> {
     ]
 }
 
-fn summary_of(
-    plan: &PackPlan,
-    output: PathBuf,
-    size: u64,
-    settings: &Settings,
-    timings: Vec<(String, f64)>,
-) -> Summary {
-    Summary {
-        environment_file: None,
-        prefix: Some(plan.prefix.clone()),
-        output,
-        format: plan.format,
-        size,
-        platform: settings.platform.to_string(),
-        download_size: 0,
-        packages: Vec::new(),
-        pip: Vec::new(),
-        members: plan.members.len(),
-        relocated_files: plan.relocations.len(),
-        warnings: plan.warnings.clone(),
-        dry_run: settings.dry_run,
-        timings,
-    }
-}
-
-fn pack_environment(
-    p: &Pipeline,
-    file: &Path,
-    reporter: &SharedReporter,
-) -> Result<Summary, Error> {
-    let settings = p.settings;
-    let env = spec::read(file)?;
-    let name = env.name.clone().unwrap_or_else(|| "environment".into());
-    let output = settings
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&name, settings.pack.format));
-    check_output(settings, &output)?;
-    let solved = p.solve(env, reporter)?;
-    let mut summary = solved.summary(settings, output, settings.pack.format);
-    if settings.dry_run {
-        return Ok(summary);
-    }
-    let staged = p.install(&solved, reporter)?;
-    p.pack(&solved, &staged, &mut summary, reporter)?;
-    Ok(summary)
-}
-
-/// Plans and writes the archive of the staging prefix, filling in the summary.
-fn pack_staging(
-    summary: &mut Summary,
-    staging: &Path,
-    options: &pack::PackOptions,
-    pool: Arc<rayon::ThreadPool>,
-    reporter: &SharedReporter,
-) -> Result<(), Error> {
-    let t = Instant::now();
-    let plan = pack::plan(staging, options, &pool, reporter)?;
-    summary
-        .timings
-        .push(("scan".to_string(), t.elapsed().as_secs_f64()));
-    for w in &plan.warnings {
-        reporter.on_warning(w);
-    }
-    let t = Instant::now();
-    summary.size = pack::execute(&plan, &summary.output, pool, reporter)?;
-    summary
-        .timings
-        .push(("pack".to_string(), t.elapsed().as_secs_f64()));
-    summary.members = plan.members.len();
-    summary.relocated_files = plan.relocations.len();
-    summary.warnings = plan.warnings;
-    Ok(())
-}
-
 /// A fresh folder for the staging prefix, removed when dropped.
 fn work_dir(settings: &Settings) -> Result<tempfile::TempDir, Error> {
-    let io = |source| Error::Io {
-        path: settings.work_dir.clone(),
-        source,
-    };
-    fs_err::create_dir_all(&settings.work_dir).map_err(io)?;
-    tempfile::Builder::new()
+    fs_err::create_dir_all(&settings.work_dir).map_err(install::InstallError::from)?;
+    Ok(tempfile::Builder::new()
         .prefix("envpack-")
         .tempdir_in(&settings.work_dir)
-        .map_err(io)
+        .map_err(install::InstallError::from)?)
 }
 
-fn package_summaries(
-    solution: &solve::Solution,
-    rewrites: &[(String, String)],
-) -> Vec<PackageSummary> {
-    solution
-        .records
+fn package_summaries(records: &[RepoDataRecord], rewrites: &UrlRewrites) -> Vec<PackageSummary> {
+    records
         .iter()
         .map(|r| PackageSummary {
             name: r.package_record.name.as_normalized().to_string(),
             version: r.package_record.version.to_string(),
             build: r.package_record.build.to_string(),
-            channel: canonical(r.channel.as_deref().unwrap_or_default(), rewrites),
+            channel: rewrites.canonical(r.channel.as_deref().unwrap_or_default()),
             size: r.package_record.size.unwrap_or(0),
         })
         .collect()
-}
-
-fn canonical(url: &str, rewrites: &[(String, String)]) -> String {
-    let trimmed = url.trim_end_matches('/');
-    rewrites
-        .iter()
-        .find(|(f, _)| trimmed.starts_with(f.as_str()))
-        .map_or_else(
-            || trimmed.to_string(),
-            |(f, t)| format!("{t}{}", &trimmed[f.len()..]),
-        )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
-use envpack::report::{Reporter, Stage};
+use envpack::{Notice, Reporter, Stage};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Draws one bar per stage.
@@ -11,12 +11,11 @@ pub struct Bars {
     multi: MultiProgress,
     /// The bars of the stages under way (downloads and linking run at once).
     current: Mutex<Vec<(Stage, ProgressBar)>>,
-    quiet: bool,
 }
 
 impl Bars {
     /// Bars are drawn when `show` and stderr is a terminal.
-    pub fn new(show: bool, quiet: bool) -> Self {
+    pub fn new(show: bool) -> Self {
         let target = if show && std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
@@ -25,7 +24,6 @@ impl Bars {
         Self {
             multi: MultiProgress::with_draw_target(target),
             current: Mutex::new(Vec::new()),
-            quiet,
         }
     }
 
@@ -91,11 +89,10 @@ impl Reporter for Bars {
         }
     }
 
-    fn on_warning(&self, message: &str) {
-        if !self.quiet {
-            self.suspend(|| {
-                let _ = writeln!(std::io::stderr(), "warning: {message}");
-            });
-        }
+    fn on_notice(&self, notice: &Notice) {
+        // Even with -q: a warning is what the user must not miss.
+        self.suspend(|| {
+            let _ = writeln!(std::io::stderr(), "{notice}");
+        });
     }
 }

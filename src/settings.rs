@@ -1,17 +1,124 @@
 //! Settings: command-line values and environment variables, resolved once.
 //!
 //! The binary parses arguments into a [`Request`]; [`Settings::resolve`] applies defaults and
-//! the `ENVPACK_*` / `CONDA_OVERRIDE_*` variables, so the pipeline never looks at either.
+//! reads the process environment, through the function it is given: `ENVPACK_*`,
+//! `CONDA_OVERRIDE_*`, `PATH` (for uv), `HOME` and `TMPDIR`. Nothing else in the library reads
+//! the environment or the current folder (`cwd` is given too).
 
 use std::path::{Path, PathBuf};
 
 use rattler_conda_types::Subdir;
 
-use crate::Error;
-use crate::channels::ChannelMap;
+use crate::channels::{ChannelError, ChannelMap};
+use crate::install::PipTool;
 use crate::pack::{Filter, Format, PackOptions};
-use crate::solve::{self, VirtualPackageSettings};
-use crate::targets::{self, Detected, Model, TritonVersion};
+use crate::solve::{self, SolveError, VirtualPackageSettings};
+use crate::spec::{self, SpecError};
+use crate::targets::{self, Detected, Model, TargetError, TritonVersion};
+
+/// Arguments and environment variables that do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `--prefix` with PATH, `--file` or `--mlserver`.
+    #[error("give either an environment file (or model) or --prefix, not both")]
+    PrefixWithPath,
+    /// `--mlserver` with both PATH and `--file`.
+    #[error("with --mlserver, give the environment file either as PATH or with --file")]
+    MlServerPathAndFile,
+    /// A platform that is not Linux.
+    #[error("platform {platform} is not supported: Triton and MLServer run Linux containers")]
+    NotLinux {
+        /// The platform asked for.
+        platform: Subdir,
+    },
+    /// No `--cache-dir`, and no default cache folder.
+    #[error("cannot find a cache folder: pass --cache-dir")]
+    NoCacheDir,
+    /// A relative `--dest-prefix`.
+    #[error("--dest-prefix must be an absolute path, not `{value}`")]
+    DestPrefixNotAbsolute {
+        /// The value given.
+        value: String,
+    },
+    /// A `--triton-version` that is not `YY.MM`.
+    #[error("--triton-version takes a release as YY.MM (e.g. 24.10), not `{value}`")]
+    TritonVersion {
+        /// The value given.
+        value: String,
+    },
+    /// A flag that acts on models, without models.
+    #[error(
+        "{flag} applies to models: give a Triton or MLServer model folder or a model repository as PATH"
+    )]
+    NeedsModels {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// `-o` that is not UTF-8 where it names a file in each model folder.
+    #[error("-o {}: not valid UTF-8", path.display())]
+    NonUtf8Output {
+        /// The value given.
+        path: PathBuf,
+    },
+    /// `-o PATH` with a repository.
+    #[error("-o {}: with a model repository, -o takes a file name (written into each model folder)", path.display())]
+    OutputPathForRepository {
+        /// The value given.
+        path: PathBuf,
+    },
+    /// An unknown `--format`.
+    #[error("unknown format `{value}`: use tar.gz, tar.zst, tar or dir")]
+    UnknownFormat {
+        /// The value given.
+        value: String,
+    },
+    /// An output name whose extension names no format.
+    #[error("cannot tell the format from `{}`: name it .tar.gz, .tar.zst or .tar, or pass --format", path.display())]
+    UnknownExtension {
+        /// The output.
+        path: PathBuf,
+    },
+    /// `--file` with a PATH that holds no model.
+    #[error("{} is not a model folder or model repository: --file names the environment file of a model; to pack an environment file, give it alone", path.display())]
+    FileWithoutModel {
+        /// PATH.
+        path: PathBuf,
+    },
+    /// The environment file named or looked for.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// What PATH is.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// `--channel-alias`, `--mirror`.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// `--platform`, `--glibc`, `--cuda`.
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+}
+
+impl SettingsError {
+    /// Whether the user typed something that cannot work (exit code 2).
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        match self {
+            SettingsError::Spec(_) | SettingsError::Target(_) => false,
+            SettingsError::Solve(e) => matches!(e, SolveError::InvalidSetting { .. }),
+            _ => true,
+        }
+    }
+
+    /// What the user can do about it.
+    #[must_use]
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SettingsError::Spec(e) => e.hint(),
+            SettingsError::Target(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
 
 /// What the user asked for, as parsed, before defaults.
 #[derive(Debug, Clone, Default)]
@@ -134,6 +241,10 @@ pub struct Settings {
     pub triton_version: Option<TritonVersion>,
     /// Environments of a model repository built at once.
     pub parallel: usize,
+    /// The folder the command runs in.
+    pub cwd: PathBuf,
+    /// What installs the `pip:` section.
+    pub pip_tool: PipTool,
 }
 
 impl Settings {
@@ -142,7 +253,7 @@ impl Settings {
         req: Request,
         env: &dyn Fn(&str) -> Option<String>,
         cwd: &Path,
-    ) -> Result<Settings, Error> {
+    ) -> Result<Settings, SettingsError> {
         let input = resolve_input(&req, cwd)?;
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
         let models = matches!(input, Input::Models { .. });
@@ -153,14 +264,13 @@ impl Settings {
         let mut mirrors: Vec<String> = env("ENVPACK_MIRRORS")
             .map(|s| s.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
-        // Flags come first: the first matching mirror wins.
-        mirrors.splice(0..0, req.mirrors);
-        let channels = ChannelMap::new(alias.as_deref(), &mirrors, cwd)?;
+        // Flags come after the variable: the last mirror of a channel wins.
+        mirrors.extend(req.mirrors);
+        let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        let channels = ChannelMap::new(alias.as_deref(), &mirrors, cwd, home.as_deref())?;
         let platform = solve::target_platform(req.platform.as_deref())?;
         if !platform.is_linux() {
-            return Err(Error::Usage(format!(
-                "platform {platform} is not supported: Triton and MLServer run Linux containers"
-            )));
+            return Err(SettingsError::NotLinux { platform });
         }
         let virtual_packages = VirtualPackageSettings::resolve(req.glibc, req.cuda, env);
         virtual_packages.packages(platform)?;
@@ -169,19 +279,22 @@ impl Settings {
             None => env("ENVPACK_CACHE_DIR")
                 .map(PathBuf::from)
                 .or_else(|| rattler_cache::default_cache_dir().ok())
-                .ok_or_else(|| {
-                    Error::Usage("cannot find a cache folder: pass --cache-dir".into())
-                })?,
+                .ok_or(SettingsError::NoCacheDir)?,
         };
-        let work_dir = req
-            .work_dir
-            .map_or_else(std::env::temp_dir, |w| cwd.join(w));
+        let work_dir = req.work_dir.map_or_else(
+            || {
+                PathBuf::from(
+                    env("TMPDIR")
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or("/tmp".into()),
+                )
+            },
+            |w| cwd.join(w),
+        );
         if let Some(d) = &req.dest_prefix
             && !d.starts_with('/')
         {
-            return Err(Error::Usage(format!(
-                "--dest-prefix must be an absolute path, not `{d}`"
-            )));
+            return Err(SettingsError::DestPrefixNotAbsolute { value: d.clone() });
         }
         let threads = req
             .threads
@@ -215,7 +328,7 @@ impl Settings {
                 dest_prefix: req.dest_prefix,
                 filters: req.filters,
                 auto_relocate: !req.no_auto_relocate,
-                url_rewrites: Vec::new(),
+                url_rewrites: crate::channels::UrlRewrites::default(),
                 ignore_missing_files: req.ignore_missing_files,
                 ignore_editable_packages: req.ignore_editable_packages,
                 variables: Vec::new(),
@@ -230,27 +343,36 @@ impl Settings {
             check: !req.no_check,
             triton_version,
             parallel,
+            cwd: cwd.to_path_buf(),
+            pip_tool: PipTool::detect(env("PATH").as_deref()),
         })
     }
 }
 
 /// `--triton-version`, parsed, after checking that the model flags have models to act on.
-fn resolve_model_flags(req: &Request, models: bool) -> Result<Option<TritonVersion>, Error> {
+fn resolve_model_flags(
+    req: &Request,
+    models: bool,
+) -> Result<Option<TritonVersion>, SettingsError> {
     let triton_version = req
         .triton_version
         .as_deref()
-        .map(str::parse::<TritonVersion>)
-        .transpose()
-        .map_err(Error::Usage)?;
+        .map(|v| {
+            v.parse::<TritonVersion>()
+                .map_err(|_| SettingsError::TritonVersion {
+                    value: v.to_string(),
+                })
+        })
+        .transpose()?;
     if req.write_config && !models {
-        return Err(Error::Usage(
-                "--write-config needs a Triton or MLServer model folder (or a model repository) as PATH".into(),
-            ));
+        return Err(SettingsError::NeedsModels {
+            flag: "--write-config",
+        });
     }
     if triton_version.is_some() && !models {
-        return Err(Error::Usage(
-                "--triton-version applies to Triton models: give a model folder or a model repository as PATH".into(),
-            ));
+        return Err(SettingsError::NeedsModels {
+            flag: "--triton-version",
+        });
     }
     Ok(triton_version)
 }
@@ -260,13 +382,13 @@ fn resolve_output(
     req: &Request,
     input: &Input,
     cwd: &Path,
-) -> Result<(Option<PathBuf>, Option<String>, Format), Error> {
+) -> Result<(Option<PathBuf>, Option<String>, Format), SettingsError> {
     // With models, a bare file name is the output's name inside each model folder.
     let (output, model_output_name) = match (&req.output, input) {
         (Some(o), Input::Models { models, .. }) if o.components().count() == 1 => {
             let name = o
                 .to_str()
-                .ok_or_else(|| Error::Usage(format!("-o {} is not valid UTF-8", o.display())))?;
+                .ok_or_else(|| SettingsError::NonUtf8Output { path: o.clone() })?;
             if models.len() == 1 {
                 (Some(models[0].dir.join(name)), Some(name.to_string()))
             } else {
@@ -274,10 +396,7 @@ fn resolve_output(
             }
         }
         (Some(o), Input::Models { models, .. }) if models.len() > 1 => {
-            return Err(Error::Usage(format!(
-                "-o {}: with a model repository, -o takes a file name (written into each model folder)",
-                o.display()
-            )));
+            return Err(SettingsError::OutputPathForRepository { path: o.clone() });
         }
         (o, _) => (o.as_ref().map(|o| cwd.join(o)), None),
     };
@@ -285,11 +404,9 @@ fn resolve_output(
         .clone()
         .or_else(|| model_output_name.as_ref().map(PathBuf::from));
     let format = match (&req.format, &named) {
-        (Some(f), _) => Format::parse(f).ok_or_else(|| {
-            Error::Usage(format!(
-                "unknown format `{f}`: use tar.gz, tar.zst, tar or dir"
-            ))
-        })?,
+        (Some(f), _) => {
+            Format::parse(f).ok_or_else(|| SettingsError::UnknownFormat { value: f.clone() })?
+        }
         (None, Some(o)) => Format::from_path(o).unwrap_or(Format::TarGz),
         (None, None) => Format::TarGz,
     };
@@ -297,20 +414,15 @@ fn resolve_output(
         && Format::from_path(o).is_none()
         && !o.is_dir()
     {
-        return Err(Error::Usage(format!(
-            "cannot tell the format from `{}`: name it .tar.gz, .tar.zst or .tar, or pass --format",
-            o.display()
-        )));
+        return Err(SettingsError::UnknownExtension { path: o.clone() });
     }
     Ok((output, model_output_name, format))
 }
 
 /// What PATH (and `--file`, `--prefix`, `--mlserver`) name.
-fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
+fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, SettingsError> {
     if req.prefix.is_some() && (req.path.is_some() || req.file.is_some() || req.mlserver) {
-        return Err(Error::Usage(
-            "give either an environment file (or model) or --prefix, not both".into(),
-        ));
+        return Err(SettingsError::PrefixWithPath);
     }
     if let Some(p) = &req.prefix {
         return Ok(Input::Prefix(cwd.join(p)));
@@ -318,9 +430,7 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
     if req.mlserver {
         // The image-level tarball: PATH (or --file) is an environment file or its folder.
         if req.path.is_some() && req.file.is_some() {
-            return Err(Error::Usage(
-                "with --mlserver, give the environment file either as PATH or with --file".into(),
-            ));
+            return Err(SettingsError::MlServerPathAndFile);
         }
         let p = cwd.join(
             req.file
@@ -328,12 +438,12 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
                 .or_else(|| req.path.clone())
                 .unwrap_or_else(|| ".".into()),
         );
-        return Ok(Input::MlServerImage(crate::spec::locate(&p)?));
+        return Ok(Input::MlServerImage(spec::locate(&p)?));
     }
     if req.path.is_none()
         && let Some(f) = &req.file
     {
-        return Ok(Input::EnvironmentFile(crate::spec::locate(&cwd.join(f))?));
+        return Ok(Input::EnvironmentFile(spec::locate(&cwd.join(f))?));
     }
     let p = cwd.join(req.path.clone().unwrap_or_else(|| PathBuf::from(".")));
     match targets::detect(&p)? {
@@ -348,11 +458,10 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
             })
         }
         Detected::Repository { root, models } => Ok(Input::Models { root, models }),
-        Detected::Environment if req.file.is_some() => Err(Error::Usage(format!(
-            "{} is not a model folder or model repository: --file names the environment file of a model; to pack an environment file, give it alone",
-            p.display()
-        ))),
-        Detected::Environment => Ok(Input::EnvironmentFile(crate::spec::locate(&p)?)),
+        Detected::Environment if req.file.is_some() => {
+            Err(SettingsError::FileWithoutModel { path: p })
+        }
+        Detected::Environment => Ok(Input::EnvironmentFile(spec::locate(&p)?)),
     }
 }
 
@@ -360,7 +469,7 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, Error> {
 mod tests {
     use super::*;
 
-    fn resolve(req: Request, cwd: &Path) -> Result<Settings, Error> {
+    fn resolve(req: Request, cwd: &Path) -> Result<Settings, SettingsError> {
         let req = Request {
             cache_dir: Some(cwd.join("cache")),
             ..req

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rattler_conda_types::{
-    Channel, GenericVirtualPackage, MatchSpec, PackageName, RepoDataRecord, Subdir, Version,
+    Channel, GenericVirtualPackage, PackageName, RepoDataRecord, Subdir, Version,
     package::BuildString,
 };
 use rattler_repodata_gateway::Gateway;
@@ -169,8 +169,6 @@ pub struct Solution {
     pub records: Vec<RepoDataRecord>,
     /// The channels used, in priority order, with their fetch and canonical URLs.
     pub channels: Vec<ResolvedChannel>,
-    /// The specs as solved (channels resolved).
-    pub specs: Vec<MatchSpec>,
 }
 
 /// Fetches repodata and solves.
@@ -242,11 +240,7 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
         Err(e) => return Err(SolveError::Solver(e)),
     };
     records.sort_by(|a, b| a.package_record.name.cmp(&b.package_record.name));
-    Ok(Solution {
-        records,
-        channels,
-        specs,
-    })
+    Ok(Solution { records, channels })
 }
 
 #[cfg(test)]

@@ -67,11 +67,19 @@ pub enum SpecError {
     },
 }
 
+impl SpecError {
+    /// What the user can do about it.
+    #[must_use]
+    pub fn hint(&self) -> Option<String> {
+        matches!(self, SpecError::NotFound { .. }).then(|| {
+            "pass the environment file itself, e.g. `envpack pack path/to/env.yml`, or `--prefix` for an existing environment".into()
+        })
+    }
+}
+
 /// One conda dependency.
 #[derive(Debug, Clone)]
 pub struct Dependency {
-    /// The spec as written in the file.
-    pub text: String,
     /// The channel of a `channel::package` spec, as written.
     pub channel: Option<String>,
     /// The parsed spec, without its channel (the solver resolves that with our channel map).
@@ -241,11 +249,7 @@ fn parse_dependency(path: &Path, text: &str) -> Result<Dependency, SpecError> {
             source,
         }
     })?;
-    Ok(Dependency {
-        text: text.to_string(),
-        channel,
-        spec,
-    })
+    Ok(Dependency { channel, spec })
 }
 
 /// Lowercase hex of bytes.

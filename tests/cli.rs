@@ -139,7 +139,7 @@ print('\n'.join(names))
     let rel: serde_json::Value =
         serde_json::from_slice(&std::fs::read(x.join("share/envpack/relocations.json")).unwrap())
             .unwrap();
-    assert_eq!(rel["prefix"], envpack::pack::ARCHIVE_PREFIX);
+    assert_eq!(rel["prefix"], envpack::ARCHIVE_PREFIX);
     let files = rel["files"].as_array().unwrap();
     let find = |p: &str| {
         files
@@ -155,10 +155,7 @@ print('\n'.join(names))
     assert!(!files.iter().any(|f| f[0] == "bin/greet"), "{files:?}");
     let greet = std::fs::read_to_string(x.join("bin/greet")).unwrap();
     assert!(
-        greet.starts_with(&envpack::pack::relocate::python_trampoline(
-            "python3.11",
-            ""
-        )),
+        greet.starts_with(&envpack::python_trampoline("python3.11", "")),
         "{greet}"
     );
 
@@ -168,7 +165,7 @@ print('\n'.join(names))
         conf,
         format!(
             "home={p}\ndata={p}/share/tool\n",
-            p = envpack::pack::ARCHIVE_PREFIX
+            p = envpack::ARCHIVE_PREFIX
         )
     );
     let lib = std::fs::read(x.join("lib/libtool.so")).unwrap();

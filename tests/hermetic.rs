@@ -189,7 +189,7 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
     extract(&out, &target);
     let t = &target;
     // Python scripts run the interpreter next to them, whatever PATH holds.
-    let trampoline = envpack::pack::relocate::python_trampoline("python3.11", "");
+    let trampoline = envpack::python_trampoline("python3.11", "");
     assert!(read(t.join("bin/plain-py")).starts_with(&trampoline));
     assert_eq!(
         first_line(t.join("bin/opt-sh")),
@@ -309,7 +309,7 @@ fn dest_prefix_relocates_at_pack_time_and_leaves_no_old_prefix() {
         ],
     );
     let raw = std::fs::read(&out).unwrap();
-    for old in [work.to_str().unwrap(), envpack::pack::ARCHIVE_PREFIX] {
+    for old in [work.to_str().unwrap(), envpack::ARCHIVE_PREFIX] {
         assert!(!contains(&raw, old.as_bytes()), "the archive holds {old}");
     }
     extract(&out, &dest);

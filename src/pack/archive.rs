@@ -50,7 +50,7 @@ pub fn write_tar(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    let (tmp, _interrupt) = temp_file_beside(out).map_err(PackError::io(out))?;
+    let (tmp, _interrupt) = temp_file_beside(out)?;
     let file = tmp
         .as_file()
         .try_clone()
@@ -125,8 +125,7 @@ pub fn temp_dir_beside(out: &Path) -> std::io::Result<(tempfile::TempDir, crate:
 fn set_output_mode(path: &Path) -> Result<(), PackError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = 0o644 & !umask();
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(PackError::io(path))
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(PackError::from)
 }
 
 fn umask() -> u32 {
@@ -316,7 +315,7 @@ fn mode(executable: bool) -> u32 {
 /// touch the package cache.
 pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Result<u64, PackError> {
     use std::os::unix::fs::PermissionsExt;
-    let (tmp, _interrupt) = temp_dir_beside(out).map_err(PackError::io(out))?;
+    let (tmp, _interrupt) = temp_dir_beside(out)?;
     let mut total = 0u64;
     for m in &plan.members {
         let dest = tmp.path().join(plan.archive_path(&m.path));
@@ -358,9 +357,9 @@ pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Resu
     }
     let kept: PathBuf = tmp.keep();
     if out.exists() {
-        fs_err::remove_dir_all(out).map_err(PackError::io(out))?;
+        fs_err::remove_dir_all(out)?;
     }
-    fs_err::rename(&kept, out).map_err(PackError::io(out))?;
+    fs_err::rename(&kept, out)?;
     Ok(total)
 }
 

@@ -43,6 +43,7 @@ use rayon::ThreadPool;
 const DEFLATE_WINDOW: usize = 32 * 1024;
 
 /// Smallest block size accepted (must exceed the 32 KiB dictionary).
+#[cfg(test)]
 pub const MIN_BLOCK_SIZE: usize = 64 * 1024;
 
 /// What to compress with. Levels as users know them: gzip 0-9 (0 = stored), zstd 1-22 (negative
@@ -73,6 +74,7 @@ impl Compression {
     pub const ZSTD_BLOCK_SIZE: usize = 4 * 1024 * 1024;
 
     /// gzip at the default level.
+    #[cfg(test)]
     #[must_use]
     pub const fn gzip() -> Self {
         Compression::Gzip {
@@ -81,6 +83,7 @@ impl Compression {
     }
 
     /// zstd at the default level.
+    #[cfg(test)]
     #[must_use]
     pub const fn zstd() -> Self {
         Compression::Zstd {
@@ -115,16 +118,6 @@ impl Compression {
             Compression::None => 0,
             Compression::Gzip { .. } => Self::GZIP_BLOCK_SIZE,
             Compression::Zstd { .. } => Self::ZSTD_BLOCK_SIZE,
-        }
-    }
-
-    /// Usual file name extension of the compressed stream (without the `tar.` part).
-    #[must_use]
-    pub const fn extension(self) -> &'static str {
-        match self {
-            Compression::None => "",
-            Compression::Gzip { .. } => "gz",
-            Compression::Zstd { .. } => "zst",
         }
     }
 }
@@ -227,6 +220,7 @@ impl<W: Write> ParallelEncoder<W> {
     ///
     /// # Panics
     /// If `block_size` is below [`MIN_BLOCK_SIZE`] or data was already written.
+    #[cfg(test)]
     #[must_use]
     pub fn with_block_size(mut self, block_size: usize) -> Self {
         assert!(
@@ -247,6 +241,7 @@ impl<W: Write> ParallelEncoder<W> {
     ///
     /// # Panics
     /// If `max_in_flight` is below 2 (one block being filled, one being compressed).
+    #[cfg(test)]
     #[must_use]
     pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
         assert!(max_in_flight >= 2, "max_in_flight must be at least 2");
@@ -254,22 +249,20 @@ impl<W: Write> ParallelEncoder<W> {
         self
     }
 
-    /// The compression in use (levels clamped).
-    pub fn compression(&self) -> Compression {
-        self.compression
-    }
-
-    /// Bytes of input consumed and of output written to `inner` so far (for progress bars).
+    /// Bytes of input consumed and of output written to `inner` so far.
+    #[cfg(test)]
     pub fn counters(&self) -> (u64, u64) {
         (self.bytes_in, self.bytes_out)
     }
 
     /// How many blocks may be alive at once.
+    #[cfg(test)]
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
     }
 
     /// The most blocks that were alive at once so far (never above `max_in_flight`).
+    #[cfg(test)]
     pub fn peak_in_flight(&self) -> usize {
         self.peak_in_flight
     }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::report::{SharedReporter, Stage};
+use crate::channels::UrlRewrites;
+use crate::report::{Notice, SharedReporter, Stage};
 use relocate::{Mode, Transform};
 use scripts::Relocation;
 pub use walk::Filter;
@@ -62,6 +63,12 @@ pub enum PackError {
         /// The path.
         path: PathBuf,
     },
+    /// The folder the output goes into does not exist.
+    #[error("the output folder {} does not exist", dir.display())]
+    NoOutputFolder {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// The output exists and `--force` was not given.
     #[error("{} already exists", path.display())]
     OutputExists {
@@ -88,24 +95,15 @@ pub enum PackError {
         #[source]
         source: std::io::Error,
     },
-    /// An I/O error on a path.
-    #[error("I/O error on {}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 impl PackError {
     /// A closure mapping an I/O error on `path`.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
-        move |source| PackError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| PackError::Io(crate::paths::at("I/O error on", path)(source))
     }
 }
 
@@ -143,11 +141,22 @@ impl Format {
     #[must_use]
     pub fn parse(s: &str) -> Option<Format> {
         match s {
-            "tar.gz" | "tgz" | "gz" | "gzip" => Some(Format::TarGz),
-            "tar.zst" | "zst" | "zstd" => Some(Format::TarZst),
+            "tar.gz" | "tar-gz" | "tgz" | "gz" | "gzip" => Some(Format::TarGz),
+            "tar.zst" | "tar-zst" | "zst" | "zstd" => Some(Format::TarZst),
             "tar" => Some(Format::Tar),
             "dir" | "no-archive" | "folder" => Some(Format::Dir),
             _ => None,
+        }
+    }
+
+    /// Its name, as `--format` and `--json` spell it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::TarGz => "tar-gz",
+            Format::TarZst => "tar-zst",
+            Format::Tar => "tar",
+            Format::Dir => "dir",
         }
     }
 
@@ -160,6 +169,12 @@ impl Format {
             Format::Tar => ".tar",
             Format::Dir => "",
         }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -179,7 +194,7 @@ pub struct PackOptions {
     /// Add the self-relocation hooks.
     pub auto_relocate: bool,
     /// URL prefixes to rewrite in `conda-meta` (mirror → canonical).
-    pub url_rewrites: Vec<(String, String)>,
+    pub url_rewrites: UrlRewrites,
     /// Missing managed files are not an error.
     pub ignore_missing_files: bool,
     /// Editable installs are not an error.
@@ -197,7 +212,7 @@ impl Default for PackOptions {
             dest_prefix: None,
             filters: Vec::new(),
             auto_relocate: true,
-            url_rewrites: Vec::new(),
+            url_rewrites: UrlRewrites::default(),
             ignore_missing_files: false,
             ignore_editable_packages: false,
             variables: Vec::new(),
@@ -257,7 +272,7 @@ pub struct PackPlan {
     /// Files that hold the archive prefix.
     pub relocations: Vec<Relocation>,
     /// Things the user should know.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Notice>,
     /// Output format.
     pub format: Format,
     /// Compression level.
@@ -293,7 +308,7 @@ impl PackPlan {
 struct Scanned {
     member: Member,
     relocation: Option<Relocation>,
-    warning: Option<String>,
+    warning: Option<Notice>,
 }
 
 impl Scanned {
@@ -313,7 +328,7 @@ pub fn plan(
     pool: &rayon::ThreadPool,
     reporter: &SharedReporter,
 ) -> Result<PackPlan, PackError> {
-    let prefix = fs_err::canonicalize(prefix).map_err(PackError::io(prefix))?;
+    let prefix = fs_err::canonicalize(prefix)?;
     let source_prefix = prefix
         .to_str()
         .ok_or_else(|| PackError::NonUtf8Path {
@@ -408,17 +423,17 @@ fn check(
     found: &[walk::Found],
     records: &walk::Records,
     options: &PackOptions,
-) -> Result<Vec<String>, PackError> {
+) -> Result<Vec<Notice>, PackError> {
     let mut warnings = Vec::new();
     let editable = walk::editable_installs(prefix, found);
     if !editable.is_empty() {
         if !options.ignore_editable_packages {
             return Err(PackError::Editable { packages: editable });
         }
-        warnings.push(format!(
+        warnings.push(Notice::warning(format!(
             "editable packages point outside the environment and will not work where it is unpacked: {}",
             editable.join(", ")
-        ));
+        )));
     }
     let missing: Vec<String> = walk::missing_files(prefix, records)
         .into_iter()
@@ -428,10 +443,10 @@ fn check(
         if !options.ignore_missing_files {
             return Err(PackError::MissingFiles { files: missing });
         }
-        warnings.push(format!(
+        warnings.push(Notice::warning(format!(
             "{} managed files are missing and were skipped",
             missing.len()
-        ));
+        )));
     }
     Ok(warnings)
 }
@@ -601,7 +616,7 @@ fn member_for(
         }
         walk::Kind::File { .. } if path.starts_with("conda-meta/") && path.ends_with(".json") => {
             let source = prefix.join(&path);
-            let raw = fs_err::read(&source).map_err(PackError::io(&source))?;
+            let raw = fs_err::read(&source)?;
             let data = relocate::scrub_record(
                 &raw,
                 &options.url_rewrites,
@@ -647,9 +662,9 @@ fn file_member(
     let open = || {
         fs_err::File::open(&source)
             .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
-            .map_err(PackError::io(&source))
+            .map_err(PackError::from)
     };
-    let scan = relocate::scan(open()?, from).map_err(PackError::io(&source))?;
+    let scan = relocate::scan(open()?, from)?;
     let mut warning = None;
     let in_bin = path.strip_prefix("bin/").is_some_and(|n| !n.contains('/'));
     let shebang = scan
@@ -667,10 +682,10 @@ fn file_member(
         }),
         _ if scan.utf8 => Some(Mode::Text),
         _ => {
-            warning = Some(format!(
+            warning = Some(Notice::warning(format!(
                 "{path}: a binary file not installed by conda holds the build prefix; it can only be relocated to paths of at most {} characters",
                 from.len()
-            ));
+            )));
             Some(Mode::Binary { room: from.len() })
         }
     };
@@ -680,13 +695,11 @@ fn file_member(
     let relocation = match mode {
         Some(Mode::Text) if left > 0 => Some(Relocation {
             path: path.clone(),
-            mode: "text",
-            room: 0,
+            mode: Mode::Text,
         }),
-        Some(Mode::Binary { room }) => Some(Relocation {
+        Some(mode @ Mode::Binary { .. }) => Some(Relocation {
             path: path.clone(),
-            mode: "binary",
-            room,
+            mode,
         }),
         _ => None,
     };
@@ -732,7 +745,7 @@ impl std::io::Write for Counter {
 }
 
 /// Symlinks into the prefix become relative; others are kept, with a warning.
-fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<String>) {
+fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<Notice>) {
     let t = target.to_string_lossy().into_owned();
     let prefix = String::from_utf8_lossy(prefix);
     if let Some(inside) = t
@@ -746,7 +759,9 @@ fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<S
     if t.starts_with('/') {
         return (
             t.clone(),
-            Some(format!("{path}: symlink to {t} outside the environment")),
+            Some(Notice::warning(format!(
+                "{path}: symlink to {t} outside the environment"
+            ))),
         );
     }
     // Relative: does it leave the tree?
@@ -760,7 +775,9 @@ fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<S
         if depth < 0 {
             return (
                 t.clone(),
-                Some(format!("{path}: symlink to {t} leaves the environment")),
+                Some(Notice::warning(format!(
+                    "{path}: symlink to {t} leaves the environment"
+                ))),
             );
         }
     }

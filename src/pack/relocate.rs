@@ -10,8 +10,10 @@ use std::io::{self, Read, Write};
 
 use memchr::memmem;
 
+use crate::channels::UrlRewrites;
+
 /// How one file's occurrences of the prefix are rewritten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     /// Every occurrence, as bytes; the file changes length.
     Text,
@@ -335,7 +337,7 @@ pub fn python_trampoline(exe: &str, args: &str) -> String {
 /// mirrors mapped back to their canonical channels, and `from` replaced by `to`.
 pub fn scrub_record(
     json: &[u8],
-    rewrites: &[(String, String)],
+    rewrites: &UrlRewrites,
     from: &str,
     to: &str,
 ) -> Result<Vec<u8>, serde_json::Error> {
@@ -375,9 +377,9 @@ pub fn scrub_record(
         }
         for key in ["url", "channel"] {
             if let Some(serde_json::Value::String(s)) = obj.get_mut(key)
-                && let Some((f, t)) = rewrites.iter().find(|(f, _)| s.starts_with(f.as_str()))
+                && let Some(canonical) = rewrites.apply(s)
             {
-                *s = format!("{t}{}", &s[f.len()..]);
+                *s = canonical;
             }
         }
     }
@@ -596,10 +598,10 @@ mod tests {
         let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/home/builder/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/home/builder/.cache/x.conda","link":{"source":"/home/builder/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env","paths_data":{"paths":[{"_path":"bin/x","prefix_placeholder":"/ph","sha256_in_prefix":"ab","size_in_bytes":7},{"_path":"lib/y","size_in_bytes":3}]}}"#;
         let out = scrub_record(
             rec,
-            &[(
+            &UrlRewrites::from_pairs(vec![(
                 "file:///srv/cf".into(),
                 "https://conda.anaconda.org/conda-forge".into(),
-            )],
+            )]),
             "/stage/env",
             "/A",
         )

@@ -8,6 +8,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::relocate::Mode;
+
 /// `bin/conda-unpack`: sh trampoline + Python relocator, conda-pack's CLI.
 pub const CONDA_UNPACK: &str = include_str!("scripts/conda-unpack");
 /// `bin/activate`, sourced by bash, zsh, dash.
@@ -38,10 +40,9 @@ pub const HOOK_NAMES: [&str; 2] = ["_envpack_relocate.py", "envpack-relocate.pth
 pub struct Relocation {
     /// Path relative to the environment.
     pub path: String,
-    /// `"text"` or `"binary"`.
-    pub mode: &'static str,
-    /// For binary files, the placeholder length they were built with.
-    pub room: usize,
+    /// How it is rewritten (for binary files, with the placeholder length they were built
+    /// with).
+    pub mode: Mode,
 }
 
 #[derive(Serialize)]
@@ -63,7 +64,10 @@ pub fn relocations_json(prefix: &str, relocations: &[Relocation]) -> Vec<u8> {
         prefix,
         files: files
             .iter()
-            .map(|r| (r.path.as_str(), r.mode, r.room))
+            .map(|r| match r.mode {
+                Mode::Text => (r.path.as_str(), "text", 0),
+                Mode::Binary { room } => (r.path.as_str(), "binary", room),
+            })
             .collect(),
     };
     let mut out = serde_json::to_vec_pretty(&doc).expect("serializable");
@@ -128,13 +132,11 @@ mod tests {
         let r = [
             Relocation {
                 path: "lib/b".into(),
-                mode: "binary",
-                room: 255,
+                mode: Mode::Binary { room: 255 },
             },
             Relocation {
                 path: "bin/a".into(),
-                mode: "text",
-                room: 0,
+                mode: Mode::Text,
             },
         ];
         let v: serde_json::Value = serde_json::from_slice(&relocations_json("/P", &r)).unwrap();

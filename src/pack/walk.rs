@@ -61,8 +61,7 @@ pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
             prefix: prefix.to_path_buf(),
         });
     }
-    let mut names: Vec<String> = fs_err::read_dir(&meta)
-        .map_err(PackError::io(&meta))?
+    let mut names: Vec<String> = fs_err::read_dir(&meta)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
@@ -71,7 +70,7 @@ pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
     let mut records = Records::default();
     for name in names {
         let path = meta.join(&name);
-        let text = fs_err::read_to_string(&path).map_err(PackError::io(&path))?;
+        let text = fs_err::read_to_string(&path)?;
         let raw: RawRecord = serde_json::from_str(&text).map_err(|source| PackError::Record {
             path: path.clone(),
             source,
@@ -153,15 +152,15 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
             prefix.join(&rel)
         };
         let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
-        for entry in fs_err::read_dir(&dir).map_err(PackError::io(&dir))? {
-            let entry = entry.map_err(PackError::io(&dir))?;
+        for entry in fs_err::read_dir(&dir)? {
+            let entry = entry?;
             let name = entry
                 .file_name()
                 .to_str()
                 .map(str::to_string)
                 .ok_or_else(|| PackError::NonUtf8Path { path: entry.path() })?;
             let path = entry.path();
-            let meta = fs_err::symlink_metadata(&path).map_err(PackError::io(&path))?;
+            let meta = fs_err::symlink_metadata(&path)?;
             children.push((name, meta));
         }
         children.sort_by(|a, b| a.0.cmp(&b.0));
@@ -178,7 +177,7 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
             } else if ft.is_symlink() {
                 let p = prefix.join(&child);
                 Kind::Symlink {
-                    target: fs_err::read_link(&p).map_err(PackError::io(&p))?,
+                    target: fs_err::read_link(&p)?,
                 }
             } else if ft.is_file() {
                 Kind::File {
@@ -373,12 +372,6 @@ pub fn missing_files(prefix: &Path, records: &Records) -> Vec<String> {
         .filter(|p| std::fs::symlink_metadata(prefix.join(p)).is_err())
         .cloned()
         .collect()
-}
-
-/// Absolute form of a relative entry path.
-#[must_use]
-pub fn abs(prefix: &Path, rel: &str) -> PathBuf {
-    prefix.join(rel)
 }
 
 #[cfg(test)]

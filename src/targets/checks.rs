@@ -6,6 +6,7 @@
 //! notes on consumers): Triton's stub embeds libpython of one Python minor version and
 //! imports numpy; MLServer must find `mlserver` inside the environment.
 
+use crate::report::Notice;
 use std::path::{Path, PathBuf};
 
 use super::{Consumer, TargetError, TritonVersion};
@@ -34,11 +35,11 @@ pub fn inspect(prefix: &Path) -> Result<EnvFacts, TargetError> {
     let lib = prefix.join("lib");
     let mut python_dirs = Vec::new();
     if lib.is_dir() {
-        for e in fs_err::read_dir(&lib).map_err(TargetError::io(&lib))? {
-            let e = e.map_err(TargetError::io(&lib))?;
+        for e in fs_err::read_dir(&lib)? {
+            let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             // `lib/python3.1` is a symlink in Python >= 3.10 environments: not a second Python.
-            let is_dir = e.file_type().map_err(TargetError::io(&e.path()))?.is_dir();
+            let is_dir = e.file_type()?.is_dir();
             if is_dir && parse_python_dir(&name).is_some() {
                 python_dirs.push(name);
             }
@@ -84,8 +85,8 @@ fn package_version(prefix: &Path, site: &Path, name: &str) -> Result<Option<Stri
         if !dir.is_dir() {
             return Ok(None);
         }
-        for e in fs_err::read_dir(dir).map_err(TargetError::io(dir))? {
-            let e = e.map_err(TargetError::io(dir))?;
+        for e in fs_err::read_dir(dir)? {
+            let e = e?;
             let file = e.file_name().to_string_lossy().to_lowercase();
             if let Some(v) = file
                 .strip_prefix(&dash)
@@ -135,7 +136,7 @@ pub fn check_triton(
     facts: &EnvFacts,
     release: Option<TritonVersion>,
     custom_stub: bool,
-) -> Result<Vec<String>, TargetError> {
+) -> Result<Vec<Notice>, TargetError> {
     let (major_v, minor_v) = python_of(facts, Consumer::Triton)?;
     if !facts.libpython {
         return Err(TargetError::NoLibpython {
@@ -169,10 +170,10 @@ pub fn check_triton(
         }
         None if !custom_stub && stub_of(TritonVersion::NEWEST) != python => {
             let newest = TritonVersion::NEWEST;
-            warnings.push(format!(
+            warnings.push(Notice::warning(format!(
                 "the environment has Python {python}, but the python backend stub of the newest Triton ({newest}) is built for Python {}: pass --triton-version YY.MM to check against your release (3.8 up to 23.04, 3.10 for 23.05 to 24.10, 3.12 from 24.11), or put a stub for Python {python} in the model folder",
                 stub_of(newest)
-            ));
+            )));
         }
         None => {}
     }
@@ -181,7 +182,7 @@ pub fn check_triton(
 
 /// MLServer (per model or image level): Python, and `mlserver` installed in the environment.
 /// Returns notes: a Python minor version other than the image's.
-pub fn check_mlserver(facts: &EnvFacts) -> Result<Vec<String>, TargetError> {
+pub fn check_mlserver(facts: &EnvFacts) -> Result<Vec<Notice>, TargetError> {
     let (a, b) = python_of(facts, Consumer::MlServerModel)?;
     if facts.mlserver.is_none() {
         return Err(TargetError::NoMlserver);
@@ -189,9 +190,9 @@ pub fn check_mlserver(facts: &EnvFacts) -> Result<Vec<String>, TargetError> {
     let (ia, ib) = MLSERVER_IMAGE_PYTHON;
     let mut notes = Vec::new();
     if (a, b) != MLSERVER_IMAGE_PYTHON {
-        notes.push(format!(
-            "note: the environment has Python {a}.{b}, MLServer's image runs Python {ia}.{ib}: fine for the image-level tarball and for per-model tarballs of MLServer >= 1.6 (workers start the environment's own bin/python); with older servers use python={ia}.{ib}"
-        ));
+        notes.push(Notice::note(format!(
+            "the environment has Python {a}.{b}, MLServer's image runs Python {ia}.{ib}: fine for the image-level tarball and for per-model tarballs of MLServer >= 1.6 (workers start the environment's own bin/python); with older servers use python={ia}.{ib}"
+        )));
     }
     Ok(notes)
 }
@@ -353,7 +354,7 @@ mod tests {
         // Without a release: a mismatch with the newest is a warning, not an error.
         let w = check_triton(&ok, None, false).unwrap();
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("--triton-version"), "{w:?}");
+        assert!(w[0].message.contains("--triton-version"), "{w:?}");
         assert!(check_triton(&ok, None, true).unwrap().is_empty());
     }
 
@@ -367,7 +368,7 @@ mod tests {
         with.push("lib/python3.11/site-packages/mlserver/__init__.py");
         let notes = check_mlserver(&facts(&with)).unwrap();
         assert_eq!(notes.len(), 1);
-        assert!(notes[0].contains("3.10"), "{notes:?}");
+        assert!(notes[0].message.contains("3.10"), "{notes:?}");
         assert!(
             check_mlserver(&facts(&[
                 "bin/python",

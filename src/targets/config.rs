@@ -7,9 +7,11 @@
 //! run with `--write-config`), written after every tarball is in place, atomically.
 
 use std::io::Write as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::{Model, Server, TargetError, model_settings, pbtxt};
+use crate::paths::normalize;
+use crate::report::Notice;
 
 /// Triton's parameter.
 pub const EXECUTION_ENV_PATH: &str = "EXECUTION_ENV_PATH";
@@ -21,14 +23,12 @@ pub const MODEL_DIR_VAR: &str = "$$TRITON_MODEL_DIRECTORY";
 pub struct ConfigPlan {
     /// The config file.
     pub path: PathBuf,
-    /// The value that points at the output.
-    pub value: String,
     /// It already points at the output.
     pub points: bool,
     /// The new text, when `--write-config` changes the file.
     pub new_text: Option<String>,
     /// Things the user should know (the fix, when the config does not point at the output).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Notice>,
 }
 
 /// The value a model's config should hold for `output`, if `output` is in the model folder.
@@ -66,26 +66,11 @@ pub fn resolve_value(model: &Model, value: &str) -> Option<PathBuf> {
     .map(|p| normalize(&p))
 }
 
-/// `.` and `..` resolved lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// Plans the config of `model` for `output`: reads it, tells whether it points at `output`,
 /// and with `write` computes the edited text.
 pub fn plan(model: &Model, output: &Path, write: bool) -> Result<ConfigPlan, TargetError> {
     let path = model.config_path();
-    let text = fs_err::read_to_string(&path).map_err(TargetError::io(&path))?;
+    let text = fs_err::read_to_string(&path)?;
     let file_name = output
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -105,14 +90,13 @@ pub fn plan(model: &Model, output: &Path, write: bool) -> Result<ConfigPlan, Tar
         Ok(c) => c,
         Err(e) if write => return Err(e),
         Err(e) => {
-            warnings.push(format!(
+            warnings.push(Notice::warning(format!(
                 "{}: cannot tell whether it points at {file_name}: {}",
                 path.display(),
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string)
-            ));
+            )));
             return Ok(ConfigPlan {
                 path,
-                value,
                 points: false,
                 new_text: None,
                 warnings,
@@ -145,17 +129,16 @@ pub fn plan(model: &Model, output: &Path, write: bool) -> Result<ConfigPlan, Tar
             None
         };
     if !write && !points {
-        warnings.push(fix_warning(
+        warnings.push(Notice::warning(fix_warning(
             model,
             &path,
             &file_name,
             &value,
             current.as_deref(),
-        ));
+        )));
     }
     Ok(ConfigPlan {
         path,
-        value,
         points,
         new_text,
         warnings,
@@ -168,7 +151,7 @@ fn read_current(
     model: &Model,
     text: &str,
     path: &Path,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Notice>,
 ) -> Result<Option<String>, TargetError> {
     match model.server {
         Server::Triton => {
@@ -176,10 +159,10 @@ fn read_current(
             if let Ok(Some(backend)) = pbtxt::get_field(text, "backend")
                 && backend != "python"
             {
-                warnings.push(format!(
+                warnings.push(Notice::warning(format!(
                     "{}: backend is `{backend}`: Triton reads EXECUTION_ENV_PATH for the python backend only",
                     model.name
-                ));
+                )));
             }
             parsed.map_err(|source| TargetError::Pbtxt {
                 path: path.to_path_buf(),
@@ -191,10 +174,10 @@ fn read_current(
             if let Ok(s) = &parsed
                 && s.parallel_workers == Some(0)
             {
-                warnings.push(format!(
+                warnings.push(Notice::warning(format!(
                     "{}: parallel_workers is 0: MLServer ignores environment_tarball then",
                     model.name
-                ));
+                )));
             }
             parsed
                 .map(|s| s.environment_tarball)
@@ -241,17 +224,13 @@ pub fn apply(plan: &ConfigPlan) -> Result<bool, TargetError> {
     };
     let dir = plan.path.parent().unwrap_or(Path::new("."));
     let io = TargetError::io;
-    let permissions = fs_err::metadata(&plan.path)
-        .map_err(io(&plan.path))?
-        .permissions();
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    let permissions = fs_err::metadata(&plan.path)?.permissions();
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(text.as_bytes()).map_err(io(tmp.path()))?;
     tmp.as_file().sync_all().map_err(io(tmp.path()))?;
-    fs_err::set_permissions(tmp.path(), permissions).map_err(io(&plan.path))?;
-    tmp.persist(&plan.path).map_err(|e| TargetError::Io {
-        path: plan.path.clone(),
-        source: e.error,
-    })?;
+    fs_err::set_permissions(tmp.path(), permissions)?;
+    tmp.persist(&plan.path)
+        .map_err(|e| crate::paths::at("failed to replace", &plan.path)(e.error))?;
     Ok(true)
 }
 
@@ -277,7 +256,13 @@ mod tests {
         let m = model(&t.path().join("m"), Server::Triton, TRITON);
         let out = m.dir.join("model-conda.tar.gz");
         let plan = plan(&m, &out, true).unwrap();
-        assert_eq!(plan.value, "$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz");
+        assert!(
+            plan.new_text
+                .as_deref()
+                .is_some_and(|t| t.contains("\"$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz\"")),
+            "{:?}",
+            plan.new_text
+        );
         assert!(!plan.points);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         assert!(apply(&plan).unwrap());
@@ -307,9 +292,15 @@ mod tests {
         let p = plan(&m, &m.dir.join("model-conda.tar.gz"), false).unwrap();
         assert!(!p.points && p.new_text.is_none());
         assert_eq!(p.warnings.len(), 1);
-        assert!(p.warnings[0].contains("--write-config"), "{:?}", p.warnings);
         assert!(
-            p.warnings[0].contains("string_value: \"$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz\""),
+            p.warnings[0].message.contains("--write-config"),
+            "{:?}",
+            p.warnings
+        );
+        assert!(
+            p.warnings[0]
+                .message
+                .contains("string_value: \"$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz\""),
             "{:?}",
             p.warnings
         );
@@ -336,7 +327,11 @@ mod tests {
         );
         let out = m.dir.join("environment.tar.gz");
         let p = plan(&m, &out, false).unwrap();
-        assert!(p.warnings[0].contains("\"environment_tarball\": \"./environment.tar.gz\""));
+        assert!(
+            p.warnings[0]
+                .message
+                .contains("\"environment_tarball\": \"./environment.tar.gz\"")
+        );
         let p = plan(&m, &out, true).unwrap();
         apply(&p).unwrap();
         let text = fs_err::read_to_string(m.config_path()).unwrap();

@@ -1,21 +1,17 @@
 //! Targets: Triton and MLServer models, and the model repositories that hold them.
 //!
-//! Last stage of the pipeline. [`detect`] tells what PATH is (a Triton model, an MLServer
-//! model, a model repository, or an environment as before); [`find_environment_file`] finds a
-//! model's environment file; [`output_for`] names its tarball the way its server expects.
-//! [`pack_models`] (in `repository`) drives the pipeline's steps for every model, packing each
-//! distinct environment once; between install and pack, `checks` inspect the staging prefix
-//! for what the server needs, and after packing, `config` points each model's config at its
-//! tarball. [`pack_mlserver_image`] packs the image-level MLServer tarball.
-//!
-//! The editors of the two config files are `pbtxt` (Triton's `config.pbtxt`) and
-//! `model_settings` (MLServer's `model-settings.json`).
+//! The domain of the last stage, driven by [`crate::models`]: [`detect`] tells what PATH is (a
+//! Triton model, an MLServer model, a model repository, or an environment as before);
+//! [`find_environment_file`] finds a model's environment file; [`default_file_name`] names its
+//! tarball the way its server expects; `checks` inspect a staging prefix for what the server
+//! needs; `config` points a model's config at its tarball, through the editors of the two
+//! config files, `pbtxt` (Triton's `config.pbtxt`) and `model_settings` (MLServer's
+//! `model-settings.json`). Nothing here drives the pipeline.
 
 pub mod checks;
 pub mod config;
 pub mod model_settings;
 pub mod pbtxt;
-mod repository;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,12 +20,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::pack::Format;
-use crate::pipeline::{self, Pipeline, Summary};
-use crate::report::SharedReporter;
-use crate::settings::Settings;
 use crate::spec;
-
-pub use repository::{ModelReport, ModelsReport, pack_models};
 
 /// The file that makes a folder a Triton model.
 pub const TRITON_CONFIG: &str = "config.pbtxt";
@@ -156,24 +147,15 @@ pub enum TargetError {
         #[source]
         source: Box<TargetError>,
     },
-    /// An I/O error on a path.
-    #[error("I/O error on {}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 impl TargetError {
     /// A closure mapping an I/O error on `path`.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
-        move |source| TargetError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| TargetError::Io(crate::paths::at("I/O error on", path)(source))
     }
 
     /// What the user can do about it.
@@ -213,7 +195,7 @@ impl TargetError {
                 "add `mlserver` (the server's version, e.g. mlserver==1.7.1) to the `pip:` section, with `python` and `pip` in `dependencies`".into()
             }
             TargetError::Check { source, .. } => return source.hint(),
-            TargetError::Io { .. } => return None,
+            TargetError::Io(_) => return None,
         })
     }
 }
@@ -392,7 +374,7 @@ pub fn detect(path: &Path) -> Result<Detected, TargetError> {
     if !path.is_dir() {
         return Ok(Detected::Environment);
     }
-    let dir = fs_err::canonicalize(path).map_err(TargetError::io(path))?;
+    let dir = fs_err::canonicalize(path)?;
     if let Some(server) = server_of(&dir)? {
         let name = dir
             .file_name()
@@ -417,10 +399,10 @@ fn find_models(
     if depth > MAX_DEPTH {
         return Ok(());
     }
-    for entry in fs_err::read_dir(dir).map_err(TargetError::io(dir))? {
-        let entry = entry.map_err(TargetError::io(dir))?;
+    for entry in fs_err::read_dir(dir)? {
+        let entry = entry?;
         let name = entry.file_name();
-        let ty = entry.file_type().map_err(TargetError::io(&entry.path()))?;
+        let ty = entry.file_type()?;
         if !ty.is_dir() || name.to_string_lossy().starts_with('.') {
             continue;
         }
@@ -486,58 +468,6 @@ pub fn default_file_name(server: Server, format: Format) -> String {
     }
     .trim_end_matches(".tar.gz");
     format!("{stem}{}", format.extension())
-}
-
-/// Where a model's packed environment goes: `-o NAME` inside the model folder, `-o PATH` for
-/// a single model, else [`default_file_name`] in the model folder.
-#[must_use]
-pub fn output_for(model: &Model, settings: &Settings) -> PathBuf {
-    if let Some(name) = &settings.model_output_name {
-        model.dir.join(name)
-    } else if let Some(o) = &settings.output {
-        o.clone()
-    } else {
-        model
-            .dir
-            .join(default_file_name(model.server, settings.pack.format))
-    }
-}
-
-/// Packs the image-level MLServer tarball (`MLSERVER_ENV_TARBALL`): `environment.tar.gz` in the
-/// current folder unless `-o`, with `mlserver` checked in the staging prefix before writing.
-pub fn pack_mlserver_image(
-    p: &Pipeline,
-    file: &Path,
-    reporter: &SharedReporter,
-) -> Result<Summary, crate::Error> {
-    let settings = p.settings;
-    let env = spec::read(file)?;
-    let output = settings.output.clone().unwrap_or_else(|| {
-        std::env::current_dir()
-            .unwrap_or_else(|_| PathBuf::from("."))
-            .join(MLSERVER_TARBALL)
-    });
-    if settings.check {
-        checks::check_format(Consumer::MlServerImage, settings.pack.format)?;
-    }
-    pipeline::check_output(settings, &output)?;
-    let solved = p.solve(env, reporter)?;
-    let mut summary = solved.summary(settings, output, settings.pack.format);
-    if settings.dry_run {
-        return Ok(summary);
-    }
-    let staged = p.install(&solved, reporter)?;
-    let mut warnings = Vec::new();
-    if settings.check {
-        let facts = checks::inspect(&staged.prefix)?;
-        warnings = checks::check_mlserver(&facts)?;
-    }
-    for w in &warnings {
-        reporter.on_warning(w);
-    }
-    p.pack(&solved, &staged, &mut summary, reporter)?;
-    summary.warnings.extend(warnings);
-    Ok(summary)
 }
 
 #[cfg(test)]

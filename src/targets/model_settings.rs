@@ -127,6 +127,7 @@ pub fn set_environment_tarball(text: &str, value: &str) -> Result<String, ModelS
 ///
 /// Invalid JSON, a document that is not an object, `parameters` that is not an object, or an
 /// `environment_tarball` that is not a string.
+#[cfg(test)]
 pub fn environment_tarball(text: &str) -> Result<Option<String>, ModelSettingsError> {
     let root = validate(text)?;
     tarball_of(&root)

@@ -120,9 +120,7 @@ fn pack(args: &[&std::ffi::OsStr], cwd: &Path) -> Result<Value, Failed> {
 
 fn sha256(path: &Path) -> Result<String, Failed> {
     use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
-    Ok(envpack::spec::hex(&h.finalize()))
+    Ok(crate::support::hex(&Sha256::digest(std::fs::read(path)?)))
 }
 
 fn per_model_tarball_runs_the_environments_python_and_mlserver() -> Result<(), Failed> {

@@ -143,7 +143,7 @@ fn python_numpy_six_work_from_a_new_shorter_path() -> Result<(), Failed> {
         leftovers.is_empty(),
         format!("files still naming the staging prefix: {leftovers:?}"),
     )?;
-    let leftovers = support::files_containing(t, envpack::pack::ARCHIVE_PREFIX.as_bytes())
+    let leftovers = support::files_containing(t, envpack::ARCHIVE_PREFIX.as_bytes())
         .into_iter()
         .filter(|f| !f.ends_with(".pyc") && !f.starts_with("share/envpack/"))
         .collect::<Vec<_>>();

@@ -80,7 +80,7 @@ fn tree(root: &Path) -> BTreeMap<String, Entry> {
             } else {
                 Entry::File {
                     exec: meta.permissions().mode() & 0o111 != 0,
-                    sha256: envpack::spec::hex(&Sha256::digest(std::fs::read(&path).unwrap())),
+                    sha256: crate::support::hex(&Sha256::digest(std::fs::read(&path).unwrap())),
                 }
             };
             out.insert(rel, entry);

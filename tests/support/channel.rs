@@ -296,7 +296,7 @@ impl Channel {
 }
 
 fn hex(b: &[u8]) -> String {
-    envpack::spec::hex(b)
+    super::hex(b)
 }
 
 /// A fake `python` package: `bin/python3.11` is a shell script that runs the host's

@@ -145,3 +145,13 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
         .map(|(rel, _, _)| rel)
         .collect()
 }
+
+/// Lowercase hex of bytes (digests).
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,4 +1,6 @@
-//! Packing models: one model folder, or every model of a repository, in one run.
+//! Packing models: one model folder, or every model of a repository, in one run; and the
+//! image-level MLServer tarball. The orchestration above the pipeline engine: it drives
+//! [`Pipeline`]'s steps with the domain of [`crate::targets`].
 //!
 //! Plan first, for every model, before any work: its environment file, its output (which
 //! must not exist without `--force`), the format its server reads, its config (parsed; with
@@ -20,15 +22,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::config::{self, ConfigPlan};
-use super::{Model, Server, TargetError, checks};
-use crate::Error;
-use crate::pack::Format;
-use crate::pack::archive;
+use crate::error::Error;
+use crate::pack::{Format, archive};
 use crate::pipeline::{self, Pipeline, Solved, Summary};
-use crate::report::{Reporter, SharedReporter};
+use crate::report::{Notice, Reporter, SharedReporter, Stage};
 use crate::settings::Settings;
 use crate::spec::{self, EnvironmentSpec};
+use crate::targets::config::{self, ConfigPlan};
+use crate::targets::{self, Consumer, Model, Server, TargetError, checks};
 
 /// What happened to one model.
 #[derive(Debug, Clone, Serialize)]
@@ -76,8 +77,8 @@ pub struct ModelsReport {
     pub models: Vec<ModelReport>,
     /// The distinct environments, each installed and packed once.
     pub environments: Vec<Summary>,
-    /// Warnings.
-    pub warnings: Vec<String>,
+    /// Warnings and notes.
+    pub notices: Vec<Notice>,
     /// Nothing was written.
     pub dry_run: bool,
 }
@@ -95,8 +96,8 @@ struct Job {
 struct WarningsOnly(SharedReporter);
 
 impl Reporter for WarningsOnly {
-    fn on_warning(&self, message: &str) {
-        self.0.on_warning(message);
+    fn on_notice(&self, notice: &Notice) {
+        self.0.on_notice(notice);
     }
 }
 
@@ -151,9 +152,9 @@ fn plan_jobs(settings: &Settings, root: &Path, models: &[Model]) -> Result<Vec<J
     for m in models {
         let file = match &settings.model_file {
             Some(f) => spec::locate(f)?,
-            None => super::find_environment_file(&m.dir, root)?,
+            None => targets::find_environment_file(&m.dir, root)?,
         };
-        let output = super::output_for(m, settings);
+        let output = output_for(m, settings);
         if settings.check {
             checks::check_format(m.server.consumer(), settings.pack.format)?;
         }
@@ -250,10 +251,10 @@ pub fn pack_models(
     let settings = p.settings;
     let format = settings.pack.format;
     let jobs = plan_jobs(settings, root, models)?;
-    let mut warnings: Vec<String> = Vec::new();
+    let mut notices: Vec<Notice> = Vec::new();
     for w in jobs.iter().flat_map(|j| &j.config.warnings) {
-        reporter.on_warning(w);
-        warnings.push(w.clone());
+        reporter.on_notice(w);
+        notices.push(w.clone());
     }
     let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
 
@@ -292,9 +293,9 @@ pub fn pack_models(
         for (b, r) in built.into_iter().enumerate() {
             let (summary, elapsed) = r?;
             seconds[sh.build_leader[b]] = elapsed;
-            for w in &summary.warnings {
-                if !warnings.contains(w) {
-                    warnings.push(w.clone());
+            for w in &summary.notices {
+                if !notices.contains(w) {
+                    notices.push(w.clone());
                 }
             }
             environments.push(summary);
@@ -312,7 +313,7 @@ pub fn pack_models(
     };
     for (s, &j) in sh.solve_leader.iter().enumerate() {
         if sh.build_leader[sh.build_of_job[j]] != j {
-            seconds[j] += solve_seconds(&solved[s]);
+            seconds[j] += solved[s].timings.get(Stage::Solve);
         }
     }
 
@@ -344,17 +345,9 @@ pub fn pack_models(
         root: root.to_path_buf(),
         models: reports,
         environments,
-        warnings,
+        notices,
         dry_run: settings.dry_run,
     })
-}
-
-fn solve_seconds(s: &Solved) -> f64 {
-    s.timings
-        .iter()
-        .filter(|(n, _)| n == "solve")
-        .map(|(_, t)| t)
-        .sum()
 }
 
 /// Installs, checks for every model that uses it, and packs one environment into the output
@@ -368,10 +361,12 @@ fn build(
     reporter: &SharedReporter,
 ) -> Result<Summary, Error> {
     let settings = p.settings;
-    let staged = p.install(solved, reporter)?;
-    let mut warnings: Vec<String> = Vec::new();
-    if settings.check {
-        let facts = checks::inspect(&staged.prefix)?;
+    let check = |prefix: &Path| -> Result<Vec<Notice>, Error> {
+        let mut notices: Vec<Notice> = Vec::new();
+        if !settings.check {
+            return Ok(notices);
+        }
+        let facts = checks::inspect(prefix)?;
         let env_name = display_below(&leader.file, root);
         for job in users {
             let m = &job.model;
@@ -389,44 +384,76 @@ fn build(
                 environment: leader.file.clone(),
                 source: Box::new(source),
             })?;
-            for w in found {
-                let w = format!("{env_name}: {w}");
-                if !warnings.contains(&w) {
-                    warnings.push(w);
+            for n in found {
+                let n = n.within(&env_name);
+                if !notices.contains(&n) {
+                    notices.push(n);
                 }
             }
         }
+        Ok(notices)
+    };
+    p.build(solved, leader.output.clone(), &check, reporter)
+}
+
+/// Where a model's packed environment goes: `-o NAME` inside the model folder, `-o PATH` for
+/// a single model, else [`targets::default_file_name`] in the model folder.
+fn output_for(model: &Model, settings: &Settings) -> PathBuf {
+    if let Some(name) = &settings.model_output_name {
+        model.dir.join(name)
+    } else if let Some(o) = &settings.output {
+        o.clone()
+    } else {
+        model.dir.join(targets::default_file_name(
+            model.server,
+            settings.pack.format,
+        ))
     }
-    for w in &warnings {
-        reporter.on_warning(w);
+}
+
+/// Packs the image-level MLServer tarball (`MLSERVER_ENV_TARBALL`): `environment.tar.gz` in the
+/// current folder unless `-o`, with `mlserver` checked in the staging prefix before writing.
+pub fn pack_mlserver_image(
+    p: &Pipeline,
+    file: &Path,
+    reporter: &SharedReporter,
+) -> Result<Summary, Error> {
+    let settings = p.settings;
+    let output = settings
+        .output
+        .clone()
+        .unwrap_or_else(|| settings.cwd.join(targets::MLSERVER_TARBALL));
+    if settings.check {
+        checks::check_format(Consumer::MlServerImage, settings.pack.format)?;
     }
-    let mut summary = solved.summary(settings, leader.output.clone(), settings.pack.format);
-    p.pack(solved, &staged, &mut summary, reporter)?;
-    summary.warnings.extend(warnings);
-    Ok(summary)
+    let check = |prefix: &Path| -> Result<Vec<Notice>, Error> {
+        if !settings.check {
+            return Ok(Vec::new());
+        }
+        let facts = checks::inspect(prefix)?;
+        Ok(checks::check_mlserver(&facts)?)
+    };
+    p.pack_file(file, Some(output), &check, reporter)
 }
 
 /// Copies a packed environment (a file or a folder) to `to`, through a temporary name beside
 /// it: never a partial output.
 fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError> {
-    let io = TargetError::io;
     if format == Format::Dir {
-        let (tmp, _interrupt) = archive::temp_dir_beside(to).map_err(io(to))?;
+        let (tmp, _interrupt) = archive::temp_dir_beside(to)?;
         copy_tree(from, tmp.path())?;
-        let perms = fs_err::metadata(from).map_err(io(from))?.permissions();
-        fs_err::set_permissions(tmp.path(), perms).map_err(io(tmp.path()))?;
+        let perms = fs_err::metadata(from)?.permissions();
+        fs_err::set_permissions(tmp.path(), perms)?;
         let kept = tmp.keep();
         if to.exists() {
-            fs_err::remove_dir_all(to).map_err(io(to))?;
+            fs_err::remove_dir_all(to)?;
         }
-        fs_err::rename(&kept, to).map_err(io(to))?;
+        fs_err::rename(&kept, to)?;
     } else {
-        let (tmp, _interrupt) = archive::temp_file_beside(to).map_err(io(to))?;
-        fs_err::copy(from, tmp.path()).map_err(io(from))?;
-        tmp.persist(to).map_err(|e| TargetError::Io {
-            path: to.to_path_buf(),
-            source: e.error,
-        })?;
+        let (tmp, _interrupt) = archive::temp_file_beside(to)?;
+        fs_err::copy(from, tmp.path())?;
+        tmp.persist(to)
+            .map_err(|e| crate::paths::at("failed to write", to)(e.error))?;
     }
     Ok(())
 }
@@ -434,22 +461,22 @@ fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError
 /// Copies the contents of folder `from` into the existing folder `to`: files (with their
 /// modes), folders, and symlinks as symlinks.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), TargetError> {
-    let io = TargetError::io;
-    for e in fs_err::read_dir(from).map_err(io(from))? {
-        let e = e.map_err(io(from))?;
+    for e in fs_err::read_dir(from)? {
+        let e = e?;
         let src = e.path();
         let dst = to.join(e.file_name());
-        let ty = e.file_type().map_err(io(&src))?;
+        let ty = e.file_type()?;
         if ty.is_symlink() {
-            let target = fs_err::read_link(&src).map_err(io(&src))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(io(&dst))?;
+            let target = fs_err::read_link(&src)?;
+            std::os::unix::fs::symlink(&target, &dst)
+                .map_err(crate::paths::at("failed to create symlink", &dst))?;
         } else if ty.is_dir() {
-            fs_err::create_dir(&dst).map_err(io(&dst))?;
+            fs_err::create_dir(&dst)?;
             copy_tree(&src, &dst)?;
-            let perms = fs_err::metadata(&src).map_err(io(&src))?.permissions();
-            fs_err::set_permissions(&dst, perms).map_err(io(&dst))?;
+            let perms = fs_err::metadata(&src)?.permissions();
+            fs_err::set_permissions(&dst, perms)?;
         } else {
-            fs_err::copy(&src, &dst).map_err(io(&src))?;
+            fs_err::copy(&src, &dst)?;
         }
     }
     Ok(())
