@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use rattler_conda_types::compression_level::CompressionLevel;
 use rattler_package_streaming::write::{write_conda_package, write_tar_bz2_package};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// A placeholder of the usual conda-build length (255 characters).
 pub fn long_placeholder() -> String {
@@ -167,7 +166,7 @@ impl Package {
                 let mut e = json!({
                     "_path": f.path,
                     "path_type": "hardlink",
-                    "sha256": hex(&Sha256::digest(&f.data)),
+                    "sha256": super::sha256_hex(&f.data),
                     "size_in_bytes": f.data.len(),
                 });
                 if let Some((m, ph)) = &f.prefix {
@@ -267,7 +266,7 @@ impl Channel {
             let mut rec = json!({
                 "name": p.name, "version": p.version, "build": p.build, "build_number": 0,
                 "depends": p.depends, "subdir": p.subdir(), "license": "BSD-3-Clause",
-                "sha256": hex(&Sha256::digest(&bytes)), "size": bytes.len(),
+                "sha256": super::sha256_hex(&bytes), "size": bytes.len(),
             });
             if p.noarch_python {
                 rec["noarch"] = json!("python");
@@ -293,10 +292,6 @@ impl Channel {
     pub fn url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    super::hex(b)
 }
 
 /// A fake `python` package: `bin/python3.11` is a shell script that runs the host's

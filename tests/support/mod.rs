@@ -1,11 +1,18 @@
-//! Test support shared by the hermetic and end-to-end tests: the real `envpack` binary, and
-//! small conda packages and channels built at test time.
+//! Test support shared by the hermetic (`tests/it`) and end-to-end (`tests/e2e`) tests: the
+//! real `envpack` binary, running commands, reading archives and trees, digests, and small
+//! conda packages and channels built at test time.
+//!
+//! Every helper exists once, here; the test binaries use what they need.
 #![allow(dead_code)]
 
 pub mod channel;
+pub mod fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use libtest_mimic::Failed;
+use sha2::{Digest, Sha256};
 
 /// A command running the real binary, with a clean environment: no `ENVPACK_*` or
 /// `CONDA_OVERRIDE_*` from the caller, a package cache shared by the tests of this build.
@@ -21,21 +28,30 @@ pub fn envpack() -> Command {
     c
 }
 
+/// The package cache the tests share (inside the target folder).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envpack-test-cache")
+}
+
+/// Writes `dir/environment.yml` with this text.
+pub fn write_environment_text(dir: &Path, text: &str) -> PathBuf {
+    let env = dir.join("environment.yml");
+    std::fs::write(&env, text).unwrap();
+    env
+}
+
 /// Writes `dir/environment.yml` with this name, channels and conda dependencies.
 pub fn write_environment(dir: &Path, name: &str, channels: &[&str], deps: &[&str]) -> PathBuf {
     let body = deps
         .iter()
         .fold(String::new(), |s, d| s + "  - " + d + "\n");
-    let env = dir.join("environment.yml");
-    std::fs::write(
-        &env,
-        format!(
+    write_environment_text(
+        dir,
+        &format!(
             "name: {name}\nchannels: [{}]\ndependencies:\n{body}",
             channels.join(", ")
         ),
     )
-    .unwrap();
-    env
 }
 
 /// The folder `envpack pack --work-dir WORK --keep-work` left in `work` (it holds `env/`).
@@ -46,11 +62,6 @@ pub fn kept_work_folder(work: &Path) -> PathBuf {
         .expect("a kept work folder")
         .unwrap()
         .path()
-}
-
-/// The package cache the tests share (inside the target folder).
-pub fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envpack-test-cache")
 }
 
 /// Runs and returns the output, panicking with both streams if it fails.
@@ -78,7 +89,12 @@ pub fn run_err(cmd: &mut Command) -> Output {
     out
 }
 
-/// A shell command's stdout, asserting success.
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A bash script's stdout (`bash -euc SCRIPT` in `dir`), asserting success.
 pub fn sh(script: &str, dir: &Path) -> String {
     let out = run_ok(
         Command::new("bash")
@@ -87,6 +103,48 @@ pub fn sh(script: &str, dir: &Path) -> String {
             .current_dir(dir),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// For the end-to-end trials: `Ok` if `cond` holds, the failure `msg` otherwise.
+pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+/// A text file's content, panicking with its path.
+pub fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+/// The first line of a text file.
+pub fn first_line(path: impl AsRef<Path>) -> String {
+    read(path).lines().next().unwrap_or_default().to_string()
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The sha256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The sha256 of a file's content (read as a stream), as lowercase hex.
+pub fn sha256_file(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut h = Sha256::new();
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
 }
 
 /// Extracts a tar archive (any compression GNU tar knows) into `dest`.
@@ -101,7 +159,7 @@ pub fn extract(archive: &Path, dest: &Path) {
     );
 }
 
-/// The names of an archive's members, in order.
+/// The names of an archive's members, in order, as GNU tar lists them (folders end in `/`).
 pub fn list(archive: &Path) -> Vec<String> {
     let out = run_ok(Command::new("tar").arg("-tf").arg(archive));
     String::from_utf8_lossy(&out.stdout)
@@ -110,21 +168,56 @@ pub fn list(archive: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every file and symlink below `dir` (folders walked, not listed): (relative path, path,
-/// whether it is a symlink), sorted.
-pub fn tree(dir: &Path) -> Vec<(String, PathBuf, bool)> {
+/// The names of an archive's members, in order, folders without their trailing `/`.
+pub fn members(archive: &Path) -> Vec<String> {
+    list(archive)
+        .into_iter()
+        .map(|m| m.trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// What a [`tree`] entry is (symlinks are not followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry below the folder [`tree`] walked.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// The path relative to the walked folder.
+    pub rel: String,
+    pub path: PathBuf,
+    pub kind: Kind,
+}
+
+/// Every folder, file and symlink below `dir` (symlinks not followed, other file types left
+/// out), sorted by relative path.
+pub fn tree(dir: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             let ft = e.file_type().unwrap();
-            if ft.is_dir() {
+            let kind = if ft.is_dir() {
                 stack.push(e.path());
-            } else if ft.is_file() || ft.is_symlink() {
-                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, e.path(), ft.is_symlink()));
-            }
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                continue;
+            };
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            out.push(Entry {
+                rel,
+                path: e.path(),
+                kind,
+            });
         }
     }
     out.sort();
@@ -135,14 +228,26 @@ pub fn tree(dir: &Path) -> Vec<(String, PathBuf, bool)> {
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     tree(dir)
         .into_iter()
-        .filter(|(_, path, link)| {
-            !link
-                && std::fs::read(path)
+        .filter(|e| e.kind == Kind::File && contains(&std::fs::read(&e.path).unwrap(), needle))
+        .map(|e| e.rel)
+        .collect()
+}
+
+/// Relative path → (content or link target), for every file and symlink below `dir`.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter_map(|e| {
+            let bytes = match e.kind {
+                Kind::Dir => return None,
+                Kind::Symlink => std::fs::read_link(&e.path)
                     .unwrap()
-                    .windows(needle.len())
-                    .any(|w| w == needle)
+                    .into_os_string()
+                    .into_encoded_bytes(),
+                Kind::File => std::fs::read(&e.path).unwrap(),
+            };
+            Some((e.rel, bytes))
         })
-        .map(|(rel, _, _)| rel)
         .collect()
 }
 

@@ -1,179 +1,19 @@
-//! Hermetic tests: small conda packages built at test time (`support::channel`), served from a
-//! `file://` channel, packed by the real binary, extracted and used.
-//!
-//! They port the ideas of conda-pack's own suite (`conda_pack/tests/test_core.py`: round trip,
+//! conda-pack's own suite, ported (`conda_pack/tests/test_core.py`: round trip,
 //! `--dest-prefix`, anonymised `conda-meta`, include/exclude, editable and missing files,
-//! activation) and pin the conda-pack bugs envpack must not have (hard links, 0600 archives,
-//! non-reproducible bytes, duplicate members, a missing `conda-meta/history`, partial output).
-// Test-only noise: short names (f = fixture, t = target) read best in these scenarios.
-#![allow(clippy::missing_panics_doc, clippy::many_single_char_names)]
-
-mod support;
+//! activation), and the conda-pack bugs envpack must not have (hard links, 0600 archives,
+//! duplicate members, a missing `conda-meta/history`). Non-reproducible bytes are pinned in
+//! [`crate::determinism`], partial output in [`crate::failures`].
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-use support::channel::{Channel, Package, Prefix, fake_python, long_placeholder};
-use support::{envpack, extract, files_containing, list, run_err, run_ok, sh};
-
-/// Every package of the fixture environment.
-const DEPS: &[&str] = &["python", "tool", "greet", "dup-a", "dup-b"];
-
-/// A channel of small packages and an environment file using it, in a temporary folder.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-fn tool_package() -> Package {
-    let ph = long_placeholder();
-    Package::new("tool", "1.0")
-        .tar_bz2()
-        .depends("python")
-        // `#!<prefix>/bin/python3.11`: conda-pack's `#!/usr/bin/env python3.11` form.
-        .with_prefix("bin/plain-py", Prefix::Text, &ph, true, |ph| {
-            format!("#!{ph}/bin/python3.11\nimport sys\nprint('plain', *sys.argv[1:])\n")
-                .into_bytes()
-        })
-        // With an option, `env` would get `python3.11 -E` as one word on Linux.
-        .with_prefix("bin/opt-py", Prefix::Text, &ph, true, |ph| {
-            format!(
-                "#!{ph}/bin/python3.11 -E\nimport sys\nprint('opt', sys.flags.ignore_environment)\n"
-            )
-            .into_bytes()
-        })
-        .exe("bin/mysh", "#!/bin/sh\nexec /bin/sh \"$@\"\n")
-        // A non-Python interpreter with an option: `env -S`.
-        .with_prefix("bin/opt-sh", Prefix::Text, &ph, true, |ph| {
-            format!(
-                "#!{ph}/bin/mysh -e\ncase $- in *e*) echo opt-sh -e ;; *) echo opt-sh ;; esac\n"
-            )
-            .into_bytes()
-        })
-        .with_prefix("share/tool/paths.txt", Prefix::Text, &ph, false, |ph| {
-            format!("data={ph}/share/tool\n").into_bytes()
-        })
-        .with_prefix("lib/libtool.so", Prefix::Binary, &ph, false, |ph| {
-            let mut v = b"\x7fELF\x02\x01\x01\0\xff\xfe".to_vec();
-            v.extend_from_slice(format!("{ph}/share/tool").as_bytes());
-            v.extend_from_slice(b"\0end\0");
-            v
-        })
-        .file(
-            "etc/conda/activate.d/tool.sh",
-            "TOOL_ACTIVATED=1\nexport TOOL_ACTIVATED\n",
-        )
-        .file("etc/conda/deactivate.d/tool.sh", "unset TOOL_ACTIVATED\n")
-        .file("share/doc/tool/README", "read me\n")
-        .file("share/doc/tool/keep/LICENSE", "BSD\n")
-        .file("share/tool/notes.txt", "no prefix here\n")
-}
-
-fn packages() -> Vec<Package> {
-    vec![
-        fake_python(),
-        tool_package(),
-        Package::new("greet", "1.0")
-            .depends("python")
-            .noarch_python(&["greet = greet:main"])
-            .file(
-                "site-packages/greet/__init__.py",
-                "import sys\n\ndef main():\n    print('greet', __file__, *sys.argv[1:])\n",
-            ),
-        Package::new("dup-a", "1.0").file("share/dup/same.txt", "from a\n"),
-        Package::new("dup-b", "1.0")
-            .tar_bz2()
-            .file("share/dup/same.txt", "from b\n"),
-    ]
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut chan = Channel::new(&dir.path().join("channels/local"));
-        for p in packages() {
-            chan.add(p);
-        }
-        chan.write();
-        let f = Fixture { dir };
-        f.env_file(DEPS);
-        f
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes `environment.yml` with these dependencies from the `local` channel.
-    fn env_file(&self, deps: &[&str]) -> PathBuf {
-        support::write_environment(self.path(), "hermetic", &["local"], deps)
-    }
-
-    /// `envpack pack environment.yml -o OUT` with the channel alias pointing at the fixture.
-    fn pack_cmd(&self, out: &Path) -> Command {
-        let mut c = envpack();
-        c.arg("pack")
-            .arg(self.path().join("environment.yml"))
-            .arg("-o")
-            .arg(out)
-            .arg("--channel-alias")
-            .arg(format!("file://{}/channels/", self.path().display()))
-            .args(["--platform", "linux-64", "-q"]);
-        c
-    }
-
-    fn pack(&self, out: &Path, extra: &[&str]) -> Output {
-        run_ok(self.pack_cmd(out).args(extra))
-    }
-
-    /// An existing environment: the staging prefix of a pack kept with `--keep-work`.
-    fn existing(&self, name: &str) -> PathBuf {
-        let work = self.path().join(name);
-        self.pack(
-            &self.path().join(format!("{name}.tar")),
-            &["--keep-work", "--work-dir", work.to_str().unwrap()],
-        );
-        let staging = support::kept_work_folder(&work);
-        let prefix = staging.join("env");
-        assert!(prefix.join("conda-meta").is_dir(), "{}", prefix.display());
-        prefix
-    }
-}
-
-/// `envpack pack --prefix PREFIX -o OUT`.
-fn pack_prefix(prefix: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = envpack();
-    c.arg("pack")
-        .arg("--prefix")
-        .arg(prefix)
-        .arg("-o")
-        .arg(out)
-        .arg("--no-progress")
-        .args(extra);
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(path.as_ref())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
-}
-
-fn first_line(path: impl AsRef<Path>) -> String {
-    read(path).lines().next().unwrap_or_default().to_string()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Runs `bash -c script` in `dir`, returning stdout (asserting success).
-fn bash(script: &str, dir: &Path) -> String {
-    sh(script, dir)
-}
+use crate::support::channel::long_placeholder;
+use crate::support::fixture::{DEPS, Fixture, pack_prefix, tool_package};
+use crate::support::{
+    self, contains, extract, files_containing, first_line, list, members, read, run_err, run_ok,
+    sh, snapshot, stderr,
+};
 
 // ------------------------------------------------------------------------------------------------
 // conda-pack's round trip
@@ -211,9 +51,9 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
         let line = first_line(t.join("bin").join(script));
         assert!(line.len() <= 127, "{script}: {line}");
     }
-    bash("bin/conda-unpack", t);
+    sh("bin/conda-unpack", t);
     let real = t.canonicalize().unwrap();
-    let out = bash(
+    let out = sh(
         "set +u; source bin/activate; plain-py a b; bin/opt-py; opt-sh; greet hi; fake-config",
         t,
     );
@@ -226,7 +66,7 @@ fn shebangs_become_portable_and_every_script_runs_after_conda_unpack() {
     );
     // Run by path, without activation, an entry point still uses the environment's Python.
     assert_eq!(
-        bash("bin/greet direct", t),
+        sh("bin/greet direct", t),
         format!(
             "greet {}/lib/python3.11/site-packages/greet/__init__.py direct\n",
             real.display()
@@ -324,7 +164,7 @@ fn dest_prefix_relocates_at_pack_time_and_leaves_no_old_prefix() {
     // No unpack step: everything already names the destination.
     let d = dest.display();
     assert_eq!(
-        bash("bin/fake-config", &dest),
+        sh("bin/fake-config", &dest),
         format!("prefix={d}\nlibdir={d}/lib\n")
     );
     let lib = std::fs::read(dest.join("lib/libfake.so")).unwrap();
@@ -333,30 +173,12 @@ fn dest_prefix_relocates_at_pack_time_and_leaves_no_old_prefix() {
         format!("{d}/lib:{d}/lib/extra\0").as_bytes()
     ));
     assert_eq!(
-        bash("set +u; source bin/activate; greet x", &dest),
+        sh("set +u; source bin/activate; greet x", &dest),
         format!("greet {d}/lib/python3.11/site-packages/greet/__init__.py x\n")
     );
     // And running conda-unpack there changes nothing.
-    bash("bin/conda-unpack", &dest);
+    sh("bin/conda-unpack", &dest);
     assert_eq!(before, snapshot(&dest));
-}
-
-/// Relative path → (content or link target), for every file and symlink below `dir`.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    support::tree(dir)
-        .into_iter()
-        .map(|(rel, path, link)| {
-            let bytes = if link {
-                std::fs::read_link(path)
-                    .unwrap()
-                    .into_os_string()
-                    .into_encoded_bytes()
-            } else {
-                std::fs::read(path).unwrap()
-            };
-            (rel, bytes)
-        })
-        .collect()
 }
 
 #[test]
@@ -409,13 +231,6 @@ fn conda_meta_records_name_no_build_machine_path() {
 // Collection: filters, editable installs, missing files, unmanaged files, symlinks
 // ------------------------------------------------------------------------------------------------
 
-fn members_of(archive: &Path) -> Vec<String> {
-    list(archive)
-        .into_iter()
-        .map(|m| m.trim_end_matches('/').to_string())
-        .collect()
-}
-
 #[test]
 fn include_and_exclude_apply_in_command_line_order() {
     let f = Fixture::new();
@@ -440,8 +255,8 @@ fn include_and_exclude_apply_in_command_line_order() {
             "share/doc/*",
         ],
     );
-    let a = members_of(&a);
-    let b = members_of(&b);
+    let a = members(&a);
+    let b = members(&b);
     assert!(
         a.contains(&"share/doc/tool/keep/LICENSE".to_string()),
         "{a:?}"
@@ -458,7 +273,7 @@ fn include_and_exclude_apply_in_command_line_order() {
     // A pattern without `/` matches names anywhere.
     let c = f.path().join("c.tar");
     f.pack(&c, &["--exclude", "*.txt"]);
-    let c = members_of(&c);
+    let c = members(&c);
     assert!(!c.iter().any(|m| m.ends_with(".txt")), "{c:?}");
     assert!(c.contains(&"share/doc/tool/README".to_string()));
 }
@@ -508,7 +323,7 @@ fn missing_managed_files_are_listed_unless_ignored_and_python3_1_is_no_false_pos
     assert!(prefix.join("lib/python3.1").is_symlink());
     let out = f.path().join("env.tar");
     run_ok(&mut pack_prefix(&prefix, &out, &[]));
-    assert!(members_of(&out).contains(&"lib/python3.1".to_string()));
+    assert!(members(&out).contains(&"lib/python3.1".to_string()));
     std::fs::remove_file(prefix.join("share/tool/notes.txt")).unwrap();
     std::fs::remove_file(prefix.join("share/doc/tool/README")).unwrap();
     let out = f.path().join("missing.tar");
@@ -535,7 +350,7 @@ fn missing_managed_files_are_listed_unless_ignored_and_python3_1_is_no_false_pos
         &out,
         &["--ignore-missing-files", "--force"],
     ));
-    let members = members_of(&out);
+    let members = members(&out);
     assert!(!members.contains(&"share/tool/notes.txt".to_string()));
     assert!(members.contains(&"share/tool/paths.txt".to_string()));
 }
@@ -563,7 +378,7 @@ fn unmanaged_files_holding_the_prefix_text_relocated_binary_reported() {
     assert!(!text.contains("etc/mine.conf"), "{text}");
     let t = f.path().join("x");
     extract(&out, &t);
-    bash("bin/conda-unpack", &t);
+    sh("bin/conda-unpack", &t);
     let r = t.canonicalize().unwrap();
     assert_eq!(
         read(t.join("etc/mine.conf")),
@@ -621,7 +436,7 @@ fn an_environment_packed_as_a_folder_is_packed_again_from_its_prefix() {
     let first = f.path().join("first");
     f.pack(&first, &["--format", "dir", "--no-auto-relocate"]);
     assert!(first.join("conda-meta").is_dir());
-    bash("bin/conda-unpack", &first);
+    sh("bin/conda-unpack", &first);
     std::fs::write(
         first.join("etc/added.conf"),
         format!("at={}\n", first.display()),
@@ -631,14 +446,14 @@ fn an_environment_packed_as_a_folder_is_packed_again_from_its_prefix() {
     run_ok(&mut pack_prefix(&first, &out, &["--no-auto-relocate"]));
     let t = f.path().join("second-place");
     extract(&out, &t);
-    bash("bin/conda-unpack", &t);
+    sh("bin/conda-unpack", &t);
     let r = t.canonicalize().unwrap();
     assert_eq!(
         read(t.join("etc/added.conf")),
         format!("at={}\n", r.display())
     );
     assert_eq!(
-        bash("bin/fake-config; set +u; source bin/activate; greet", &t),
+        sh("bin/fake-config; set +u; source bin/activate; greet", &t),
         format!(
             "prefix={r}\nlibdir={r}/lib\ngreet {r}/lib/python3.11/site-packages/greet/__init__.py\n",
             r = r.display()
@@ -649,61 +464,6 @@ fn an_environment_packed_as_a_folder_is_packed_again_from_its_prefix() {
         files_containing(&t, first_path.as_bytes()),
         Vec::<String>::new()
     );
-}
-
-#[test]
-fn arcroot_puts_everything_in_one_folder() {
-    let f = Fixture::new();
-    let out = f.path().join("env.tar.gz");
-    f.pack(&out, &["--arcroot", "myenv"]);
-    let members = members_of(&out);
-    assert!(
-        members
-            .iter()
-            .all(|m| m == "myenv" || m.starts_with("myenv/")),
-        "{members:?}"
-    );
-    assert!(members.contains(&"myenv/bin/conda-unpack".to_string()));
-    let t = f.path().join("x");
-    extract(&out, &t);
-    bash("myenv/bin/conda-unpack", &t);
-    let r = t.join("myenv").canonicalize().unwrap();
-    assert_eq!(
-        bash("myenv/bin/fake-config", &t),
-        format!("prefix={r}\nlibdir={r}/lib\n", r = r.display())
-    );
-}
-
-#[test]
-fn format_follows_the_extension() {
-    let f = Fixture::new();
-    let mut listings = Vec::new();
-    for (name, magic) in [
-        ("env.tar.gz", &b"\x1f\x8b"[..]),
-        ("env.tgz", &b"\x1f\x8b"[..]),
-        ("env.tar.zst", &b"\x28\xb5\x2f\xfd"[..]),
-        ("env.tar", &b""[..]),
-    ] {
-        let out = f.path().join(name);
-        f.pack(&out, &[]);
-        let bytes = std::fs::read(&out).unwrap();
-        assert!(bytes.starts_with(magic), "{name}");
-        if magic.is_empty() {
-            assert_eq!(&bytes[257..262], b"ustar", "{name}");
-        }
-        listings.push(members_of(&out));
-    }
-    for l in &listings[1..] {
-        assert_eq!(l, &listings[0]);
-    }
-    let dir = f.path().join("env-dir");
-    f.pack(&dir, &["--format", "dir"]);
-    assert!(dir.join("bin/conda-unpack").is_file());
-    assert!(std::fs::read_link(dir.join("bin/python")).is_ok());
-    // The folder holds what the archives hold.
-    let t = f.path().join("from-tar");
-    extract(&f.path().join("env.tar"), &t);
-    assert_eq!(snapshot(&dir), snapshot(&t));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -734,7 +494,7 @@ fn hard_linked_files_both_rewritten_give_a_tar_gnu_tar_and_python_read_completel
             .any(|l| l.starts_with('h') || l.contains(" link to ")),
         "{verbose}"
     );
-    let gnu = members_of(&out);
+    let gnu = members(&out);
     let py = run_ok(
         Command::new("python3")
             .arg("-c")
@@ -760,7 +520,7 @@ fn hard_linked_files_both_rewritten_give_a_tar_gnu_tar_and_python_read_completel
     );
     let t = f.path().join("x");
     extract(&out, &t);
-    bash("bin/conda-unpack", &t);
+    sh("bin/conda-unpack", &t);
     let r = t.canonicalize().unwrap();
     for name in ["etc/one.conf", "etc/two.conf"] {
         assert_eq!(
@@ -798,53 +558,6 @@ fn archive_mode_is_0644_less_the_umask_never_0600() {
     }
 }
 
-/// Asserts two archives are the same bytes; if not, names the members that differ.
-fn assert_same_bytes(a: &Path, b: &Path) {
-    if std::fs::read(a).unwrap() == std::fs::read(b).unwrap() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (x, y) = (dir.path().join("a"), dir.path().join("b"));
-    extract(a, &x);
-    extract(b, &y);
-    let (sx, sy) = (snapshot(&x), snapshot(&y));
-    let differ: Vec<&String> = sx
-        .iter()
-        .zip(&sy)
-        .filter(|(p, q)| p != q)
-        .map(|(p, _)| &p.0)
-        .collect();
-    panic!(
-        "{} and {} differ; members: {} vs {}, first differing: {differ:?}",
-        a.display(),
-        b.display(),
-        sx.len(),
-        sy.len()
-    );
-}
-
-#[test]
-fn packing_twice_gives_the_same_bytes_whatever_the_threads_and_work_dir() {
-    let f = Fixture::new();
-    for ext in ["tar.gz", "tar.zst"] {
-        let a = f.path().join(format!("a.{ext}"));
-        let b = f.path().join(format!("b.{ext}"));
-        let wa = f.path().join("work-a");
-        let wb = f.path().join("a-much-longer-work-folder-name/nested");
-        std::fs::create_dir_all(&wb).unwrap();
-        f.pack(&a, &["-j", "1", "--work-dir", wa.to_str().unwrap()]);
-        f.pack(&b, &["-j", "2", "--work-dir", wb.to_str().unwrap()]);
-        assert_same_bytes(&a, &b);
-    }
-    // The same for an existing environment packed from two places.
-    let one = f.existing("one");
-    let two = f.existing("two-elsewhere");
-    let (a, b) = (f.path().join("p1.tar.gz"), f.path().join("p2.tar.gz"));
-    run_ok(&mut pack_prefix(&one, &a, &["-j", "1"]));
-    run_ok(&mut pack_prefix(&two, &b, &["-j", "2"]));
-    assert_same_bytes(&a, &b);
-}
-
 #[test]
 fn two_packages_providing_one_path_give_one_member() {
     let f = Fixture::new();
@@ -874,74 +587,6 @@ fn a_missing_conda_meta_history_is_fine() {
     for ext in ["tar", "tar.gz", "tar.zst"] {
         let out = f.path().join(format!("env.{ext}"));
         run_ok(&mut pack_prefix(&prefix, &out, &[]));
-        assert!(members_of(&out).contains(&"conda-meta/history".to_string()));
+        assert!(members(&out).contains(&"conda-meta/history".to_string()));
     }
-}
-
-fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial") || n.starts_with(".out"))
-        .collect()
-}
-
-#[test]
-fn a_pack_that_fails_midway_leaves_no_output_and_no_temp_file() {
-    let f = Fixture::new();
-    let prefix = f.existing("stage");
-    // Incompressible content, larger than the file size limit set below.
-    let mut noise = Vec::with_capacity(1 << 20);
-    let mut x: u32 = 0x1234_5678;
-    for _ in 0..(1 << 20) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        noise.push(x.to_le_bytes()[0]);
-    }
-    std::fs::write(prefix.join("share/big.bin"), &noise).unwrap();
-    let outdir = f.path().join("outdir");
-    std::fs::create_dir(&outdir).unwrap();
-    // Writes beyond 256 KiB fail with EFBIG (SIGXFSZ ignored): a failure while writing the
-    // archive, after the plan succeeded. (Root reads unreadable files, so no chmod 000 here.)
-    let limited = |out: &Path, extra: &str| {
-        let script = format!(
-            "trap '' XFSZ; ulimit -f 512; exec '{}' pack --prefix '{}' -o '{}' -q {extra}",
-            env!("CARGO_BIN_EXE_envpack"),
-            prefix.display(),
-            out.display()
-        );
-        run_err(Command::new("bash").arg("-c").arg(script))
-    };
-    for name in ["env.tar", "env.tar.gz", "env-dir"] {
-        let out = outdir.join(name);
-        let extra = if name == "env-dir" {
-            "--format dir"
-        } else {
-            ""
-        };
-        let err = limited(&out, extra);
-        assert!(stderr(&err).contains("error"), "{}", stderr(&err));
-        assert!(!out.exists(), "{name} exists");
-        let left: Vec<String> = std::fs::read_dir(&outdir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(left.is_empty(), "{name}: left {left:?}");
-    }
-    // With --force over an earlier archive, the earlier archive stays whole.
-    let out = outdir.join("env.tar");
-    std::fs::write(&out, b"earlier").unwrap();
-    limited(&out, "--force");
-    assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
-    assert_eq!(leftovers(&outdir), Vec::<String>::new());
-    // A failure at plan time (a destination too long for a binary file) writes nothing either.
-    let long = format!("/{}", "d".repeat(400));
-    let err = run_err(&mut pack_prefix(
-        &prefix,
-        &outdir.join("long.tar"),
-        &["--dest-prefix", &long],
-    ));
-    assert!(stderr(&err).contains("--dest-prefix"), "{}", stderr(&err));
-    assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 1);
 }

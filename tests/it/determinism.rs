@@ -1,0 +1,113 @@
+//! The same environment packs to the same bytes: whatever the work folder, the number of
+//! threads or the channel's location.
+
+use std::path::Path;
+
+use crate::support::fixture::{Fixture, pack_prefix};
+use crate::support::{self, envpack, extract, run_ok, snapshot};
+
+#[test]
+fn the_archive_does_not_depend_on_where_it_was_staged_or_fetched_from() {
+    let f = Fixture::new();
+    let d = f.path();
+    // Fetched through a mirror of a named channel, staged in two different work folders.
+    let env = f.env_text("name: t\nchannels: [mychan]\ndependencies: [python, greet, tool]\n");
+    let mirror = format!("mychan={}", f.channel_url());
+    let a = d.join("a.tar.gz");
+    let b = d.join("b.tar.gz");
+    for (out, work, threads) in [
+        (&a, "w1", "1"),
+        (&b, "a-much-longer-work-folder-name/w2", "2"),
+    ] {
+        run_ok(
+            envpack()
+                .arg("pack")
+                .arg(&env)
+                .arg("-o")
+                .arg(out)
+                .args(["--mirror", &mirror, "-q", "-j", threads, "--work-dir"])
+                .arg(d.join(work)),
+        );
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "two packs differ"
+    );
+    let x = d.join("x");
+    extract(&a, &x);
+    // No path of this machine in any file, records included; the channel is the canonical one.
+    for needle in [d.to_str().unwrap(), support::cache_dir().to_str().unwrap()] {
+        assert_eq!(
+            support::files_containing(&x, needle.as_bytes()),
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+    let record = std::fs::read_dir(x.join("conda-meta"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("tool-"))
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    assert_eq!(
+        v["channel"].as_str().unwrap().trim_end_matches('/'),
+        "https://conda.anaconda.org/mychan"
+    );
+    assert!(
+        v["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://conda.anaconda.org/mychan/linux-64/tool-2.0-0.tar.bz2"),
+        "{v}"
+    );
+    assert_eq!(v["extracted_package_dir"], "");
+}
+
+/// Asserts two archives are the same bytes; if not, names the members that differ.
+fn assert_same_bytes(a: &Path, b: &Path) {
+    if std::fs::read(a).unwrap() == std::fs::read(b).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (dir.path().join("a"), dir.path().join("b"));
+    extract(a, &x);
+    extract(b, &y);
+    let (sx, sy) = (snapshot(&x), snapshot(&y));
+    let differ: Vec<&String> = sx
+        .iter()
+        .zip(&sy)
+        .filter(|(p, q)| p != q)
+        .map(|(p, _)| &p.0)
+        .collect();
+    panic!(
+        "{} and {} differ; members: {} vs {}, first differing: {differ:?}",
+        a.display(),
+        b.display(),
+        sx.len(),
+        sy.len()
+    );
+}
+
+#[test]
+fn packing_twice_gives_the_same_bytes_whatever_the_threads_and_work_dir() {
+    let f = Fixture::new();
+    for ext in ["tar.gz", "tar.zst"] {
+        let a = f.path().join(format!("a.{ext}"));
+        let b = f.path().join(format!("b.{ext}"));
+        let wa = f.path().join("work-a");
+        let wb = f.path().join("a-much-longer-work-folder-name/nested");
+        std::fs::create_dir_all(&wb).unwrap();
+        f.pack(&a, &["-j", "1", "--work-dir", wa.to_str().unwrap()]);
+        f.pack(&b, &["-j", "2", "--work-dir", wb.to_str().unwrap()]);
+        assert_same_bytes(&a, &b);
+    }
+    // The same for an existing environment packed from two places.
+    let one = f.existing("one");
+    let two = f.existing("two-elsewhere");
+    let (a, b) = (f.path().join("p1.tar.gz"), f.path().join("p2.tar.gz"));
+    run_ok(&mut pack_prefix(&one, &a, &["-j", "1"]));
+    run_ok(&mut pack_prefix(&two, &b, &["-j", "2"]));
+    assert_same_bytes(&a, &b);
+}

@@ -1,0 +1,28 @@
+//! The hermetic integration tests: the real `envpack` binary against channels of small conda
+//! packages built at test time (`tests/support/fixture.rs`), served from `file://` (or over
+//! HTTPS from 127.0.0.1), packed, extracted and used. No network, no shared channel.
+//!
+//! One module per area:
+//! - [`pipeline`]: an environment file packed end to end: the archive's layout, relocation
+//!   records, entry points, variables, output formats.
+//! - [`channels`]: channel names, aliases, relative paths, mirrors, HTTPS with credentials.
+//! - [`conda_pack`]: conda-pack's own suite ported, and the conda-pack bugs envpack must not have.
+//! - [`failures`]: errors the user sees, and that a failed or interrupted pack leaves nothing.
+//! - [`determinism`]: the same bytes wherever and however packed.
+
+// Scenario tests read best as one story each, with short names (f = fixture, t = target).
+#![allow(
+    clippy::too_many_lines,
+    clippy::similar_names,
+    clippy::many_single_char_names,
+    clippy::missing_panics_doc
+)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod channels;
+mod conda_pack;
+mod determinism;
+mod failures;
+mod pipeline;
