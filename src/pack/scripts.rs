@@ -145,35 +145,6 @@ mod tests {
         assert_eq!(v["files"][1][2], 255);
     }
 
-    /// The scripts' own test driver (conda-unpack, the startup hook, activate/deactivate
-    /// under bash, dash and zsh), run here so that `cargo test` and CI run it.
-    #[test]
-    fn script_test_driver_passes() {
-        let driver = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/pack/scripts/test_scripts.py"
-        );
-        let out = std::process::Command::new("python3")
-            .arg(driver)
-            .output()
-            .expect("python3 starts");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{driver} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last = stdout.lines().last().unwrap_or_default();
-        assert!(
-            last.ends_with(" passed, 0 failed") && !last.starts_with("0 "),
-            "{stdout}"
-        );
-        // In CI every shell is installed (`.ci/run`): nothing may be skipped there.
-        if std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| v == "1") {
-            assert!(!stdout.contains(" skipped"), "skipped in CI:\n{stdout}");
-        }
-    }
-
     #[test]
     fn variables_round_trip_through_a_shell() {
         let (on, off) = variable_scripts(&[

@@ -9,6 +9,7 @@
 //! - [`conda_pack`]: conda-pack's own suite ported, and the conda-pack bugs envpack must not have.
 //! - [`failures`]: errors the user sees, and that a failed or interrupted pack leaves nothing.
 //! - [`determinism`]: the same bytes wherever and however packed.
+//! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
 
 // Scenario tests read best as one story each, with short names (f = fixture, t = target).
 #![allow(
@@ -26,3 +27,4 @@ mod conda_pack;
 mod determinism;
 mod failures;
 mod pipeline;
+mod scripts;
