@@ -1,10 +1,10 @@
 //! The same environment packs to the same bytes: whatever the work folder, the number of
-//! threads or the channel's location.
+//! threads or the channel's location, and (pinned) from one build of envpack to the next.
 
 use std::path::Path;
 
 use crate::support::fixture::{Fixture, pack_prefix};
-use crate::support::{self, envpack, extract, run_ok, snapshot};
+use crate::support::{self, envpack, extract, run_ok, sha256_file, snapshot};
 
 #[test]
 fn the_archive_does_not_depend_on_where_it_was_staged_or_fetched_from() {
@@ -110,4 +110,85 @@ fn packing_twice_gives_the_same_bytes_whatever_the_threads_and_work_dir() {
     run_ok(&mut pack_prefix(&one, &a, &["-j", "1"]));
     run_ok(&mut pack_prefix(&two, &b, &["-j", "2"]));
     assert_same_bytes(&a, &b);
+}
+
+/// The fixture environment packed with fixed options, one archive per format, and the
+/// sha256 each must have.
+///
+/// The packages are built at test time (`tests/support/fixture.rs`, written by
+/// `rattler_package_streaming` with its fixed timestamp) and fetched through a mirror of a
+/// channel name, so no path or time of this machine reaches the archive; two packs are the
+/// same bytes (see the tests above). A change of any byte, in envpack's output or in what it
+/// packs, fails here.
+///
+/// When bytes change on purpose (a new file in every environment, a changed script or
+/// record, another compressor, a new envpack version: `share/envpack/relocations.json` records
+/// it, a dependency update that changes the fixture packages or the records):
+/// 1. run `ENVPACK_KEEP_PINNED=DIR cargo test --test it determinism::pinned` on the commit
+///    before the change and on the change (another DIR each), which keeps the archives in DIR;
+/// 2. compare them (`diff -r` of the extracted trees, `cmp` of the archives) and make sure
+///    every difference is one you meant;
+/// 3. paste the digests the failure message prints below, and say in the commit message
+///    which bytes changed and why.
+const PINNED: &[(&str, &[&str], &str)] = &[
+    (
+        "env.tar",
+        &[],
+        "48bb9c7ac6c95e11ddd854ae45be408a1e172db5259e381e18e820594b1bf177",
+    ),
+    (
+        "env.tar.gz",
+        &["--compress-level", "4"],
+        "f4a11bc9dfc3f2ca8f1c81eda2e504c6bedde9fb488ad6c0b26bc37001bd72a4",
+    ),
+    (
+        "env.tar.zst",
+        &["--compress-level", "3"],
+        "8f4c44f87eccfbc3d1f2a216b9572034902f44983aa51fa4ffe4f94d6089bc37",
+    ),
+];
+
+#[test]
+fn pinned_fixture_archives_keep_their_sha256() {
+    let f = Fixture::new();
+    let env = f.env_text(
+        "name: pinned\nchannels: [pinned]\ndependencies: [python, tool, greet, dup-a, dup-b]\n",
+    );
+    let mirror = format!("pinned={}", f.channel_url());
+    let keep = std::env::var_os("ENVPACK_KEEP_PINNED").map(std::path::PathBuf::from);
+    let mut wrong = Vec::new();
+    for (name, options, want) in PINNED {
+        let out = f.path().join(name);
+        run_ok(
+            envpack()
+                .arg("pack")
+                .arg(&env)
+                .arg("-o")
+                .arg(&out)
+                .args([
+                    "--mirror",
+                    &mirror,
+                    "--platform",
+                    "linux-64",
+                    "-j",
+                    "2",
+                    "-q",
+                ])
+                .args(*options),
+        );
+        let got = sha256_file(&out);
+        if let Some(dir) = &keep {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(&out, dir.join(name)).unwrap();
+        }
+        if got != *want {
+            wrong.push(format!("    (\"{name}\", {options:?}, \"{got}\"),"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the fixture archives changed bytes; if that is intended, see the comment on PINNED \
+         and update it with:\n{}",
+        wrong.join("\n")
+    );
 }

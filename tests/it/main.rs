@@ -8,7 +8,7 @@
 //! - [`channels`]: channel names, aliases, relative paths, mirrors, HTTPS with credentials.
 //! - [`conda_pack`]: conda-pack's own suite ported, and the conda-pack bugs envpack must not have.
 //! - [`failures`]: errors the user sees, and that a failed or interrupted pack leaves nothing.
-//! - [`determinism`]: the same bytes wherever and however packed.
+//! - [`determinism`]: the same bytes wherever and however packed, and a pinned digest.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
 
 // Scenario tests read best as one story each, with short names (f = fixture, t = target).
