@@ -12,8 +12,7 @@ use libtest_mimic::Failed;
 use serde_json::{Value, json};
 
 use crate::servers::{self, MlServer, ServersDir};
-use crate::support::{envpack, run_ok};
-use crate::triton::ensure;
+use crate::support::{ensure, envpack, run_ok, sha256_file};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
@@ -118,11 +117,6 @@ fn pack(args: &[&std::ffi::OsStr], cwd: &Path) -> Result<Value, Failed> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn sha256(path: &Path) -> Result<String, Failed> {
-    use sha2::{Digest, Sha256};
-    Ok(crate::support::hex(&Sha256::digest(std::fs::read(path)?)))
-}
-
 fn per_model_tarball_runs_the_environments_python_and_mlserver() -> Result<(), Failed> {
     let servers = ServersDir::from_env()?;
     let dir = tempfile::tempdir()?;
@@ -147,7 +141,7 @@ fn per_model_tarball_runs_the_environments_python_and_mlserver() -> Result<(), F
     let ready = server.wait_model_ready("envinfo", Duration::from_mins(4))?;
     eprintln!("mlserver ready in {:.1} s", ready.as_secs_f64());
     let info = infer_info(&server, "envinfo")?;
-    let env = server.environments_dir.join(sha256(&tarball)?);
+    let env = server.environments_dir.join(sha256_file(&tarball));
     ran_from(&info, &env)?;
     ensure(
         server.extracted_envs() == [env.clone()],

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use libtest_mimic::Failed;
 
-use crate::support::{self, envpack, run_ok, sh};
+use crate::support::{self, ensure, envpack, run_ok, sh};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
@@ -55,10 +55,6 @@ fn short_dir() -> tempfile::TempDir {
         .prefix("ep")
         .tempdir_in("/tmp")
         .unwrap()
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 fn python_numpy_six_work_from_a_new_shorter_path() -> Result<(), Failed> {

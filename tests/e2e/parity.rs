@@ -40,11 +40,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use libtest_mimic::Failed;
-use sha2::{Digest, Sha256};
 
 use crate::pack::pack_env;
 use crate::servers::ServersDir;
-use crate::support::{self, envpack, run_ok};
+use crate::support::{self, Kind, ensure, envpack, run_ok, sha256_file};
 use crate::{Case, Needs};
 
 pub fn cases() -> Vec<Case> {
@@ -64,29 +63,20 @@ enum Entry {
 }
 
 fn tree(root: &Path) -> BTreeMap<String, Entry> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let path = e.path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let entry = if meta.is_dir() {
-                stack.push(path.clone());
-                Entry::Dir
-            } else if meta.file_type().is_symlink() {
-                Entry::Link(std::fs::read_link(&path).unwrap())
-            } else {
-                Entry::File {
-                    exec: meta.permissions().mode() & 0o111 != 0,
-                    sha256: crate::support::hex(&Sha256::digest(std::fs::read(&path).unwrap())),
-                }
+    support::tree(root)
+        .into_iter()
+        .map(|e| {
+            let entry = match e.kind {
+                Kind::Dir => Entry::Dir,
+                Kind::Symlink => Entry::Link(std::fs::read_link(&e.path).unwrap()),
+                Kind::File => Entry::File {
+                    exec: std::fs::metadata(&e.path).unwrap().permissions().mode() & 0o111 != 0,
+                    sha256: sha256_file(&e.path),
+                },
             };
-            out.insert(rel, entry);
-        }
-    }
-    out
+            (e.rel, entry)
+        })
+        .collect()
 }
 
 /// Paths that are each tool's own (activation, unpacking, envpack's relocation data).
@@ -131,10 +121,6 @@ fn normalised_record(path: &Path) -> serde_json::Value {
         }
     }
     v
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 // One scenario, read top to bottom.

@@ -9,7 +9,7 @@ use std::process::Command;
 use libtest_mimic::Failed;
 
 use crate::servers::ServersDir;
-use crate::support::{self, envpack, run_ok};
+use crate::support::{self, ensure, envpack, run_ok};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
@@ -54,10 +54,6 @@ fn pip_env(
     let env = dir.join("environment.yml");
     std::fs::write(&env, text).unwrap();
     env
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 /// Runs `script` with bash in `dir`, with a `sitecustomize` on `PYTHONPATH` that records which

@@ -9,8 +9,8 @@ use libtest_mimic::Failed;
 use serde_json::Value;
 
 use crate::servers::{ServersDir, Triton};
-use crate::support::{self, envpack, run_ok, sh};
-use crate::triton::{TRITON_ENV, ensure, infer_info, ran_from, write_model};
+use crate::support::{self, Kind, ensure, envpack, run_ok, sh};
+use crate::triton::{TRITON_ENV, infer_info, ran_from, write_model};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
@@ -28,22 +28,13 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// Every file below `dir`, relative, sorted.
-fn tree(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every file and symlink below `dir`, relative, sorted.
+fn files(dir: &std::path::Path) -> Vec<String> {
+    support::tree(dir)
+        .into_iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .map(|e| e.rel)
+        .collect()
 }
 
 fn failed_checks_and_bad_configs_write_nothing() -> Result<(), Failed> {
@@ -55,7 +46,7 @@ fn failed_checks_and_bad_configs_write_nothing() -> Result<(), Failed> {
     std::fs::create_dir_all(&mls)?;
     let settings = "{\n  \"name\": \"mls\",\n  \"implementation\": \"model.M\"\n}\n";
     std::fs::write(mls.join("model-settings.json"), settings)?;
-    let before = tree(&repo);
+    let before = files(&repo);
     let pack = |extra: &[&str]| {
         let mut c = envpack();
         c.arg("pack")
@@ -73,7 +64,7 @@ fn failed_checks_and_bad_configs_write_nothing() -> Result<(), Failed> {
         .map(|m| m.iter().map(|m| m["solved"] == true).collect())
         .unwrap_or_default();
     ensure(solved == [true, false], format!("dry run: {report}"))?;
-    ensure(tree(&repo) == before, "the dry run wrote")?;
+    ensure(files(&repo) == before, "the dry run wrote")?;
 
     // The MLServer model's environment has no mlserver: an error with the fix, found in the
     // staging prefix, before any tarball or config is written.
@@ -83,7 +74,7 @@ fn failed_checks_and_bad_configs_write_nothing() -> Result<(), Failed> {
         err.contains("mlserver is not installed") && err.contains("hint: add `mlserver`"),
         format!("stderr: {err}"),
     )?;
-    ensure(tree(&repo) == before, format!("wrote {:?}", tree(&repo)))?;
+    ensure(files(&repo) == before, format!("wrote {:?}", files(&repo)))?;
     let with_check_off = run_ok(&mut pack(&["--no-check", "--json"]));
     let report: Value = serde_json::from_slice(&with_check_off.stdout)?;
     ensure(

@@ -80,6 +80,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -284,15 +285,20 @@ impl ServersDir {
 // Shared process handling
 // ------------------------------------------------------------------------------------------------
 
-/// A server child process in its own process group, with its log file.
+/// A server child process in its own process group, with its log file and its HTTP port on
+/// 127.0.0.1: what [`Triton`] and [`MlServer`] share (both dereference to it).
 #[derive(Debug)]
-struct ServerProcess {
+pub struct Server {
     child: Mutex<Child>,
     pid: u32,
     log: PathBuf,
     started: Instant,
     what: &'static str,
     stopped: bool,
+    /// HTTP port on 127.0.0.1.
+    pub http_port: u16,
+    /// Timeout of [`Server::infer`] and [`Server::http`] requests.
+    pub request_timeout: Duration,
 }
 
 /// How a server ended, from [`Triton::stop`] / [`MlServer::stop`].
@@ -306,8 +312,13 @@ pub struct StopReport {
     pub removed: Vec<PathBuf>,
 }
 
-impl ServerProcess {
-    fn spawn(mut cmd: Command, log: &Path, what: &'static str) -> Result<ServerProcess, String> {
+impl Server {
+    fn spawn(
+        mut cmd: Command,
+        log: &Path,
+        what: &'static str,
+        http_port: u16,
+    ) -> Result<Server, String> {
         if let Some(parent) = log.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| format!("creating {}: {e}", parent.display()))?;
@@ -325,14 +336,83 @@ impl ServerProcess {
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {what} ({cmd:?}): {e}"))?;
-        Ok(ServerProcess {
+        Ok(Server {
             pid: child.id(),
             child: Mutex::new(child),
             log: log.to_path_buf(),
             started,
             what,
             stopped: false,
+            http_port,
+            request_timeout: Duration::from_mins(1),
         })
+    }
+
+    /// `POST /v2/models/<model>/infer` with a KServe v2 JSON request; the parsed response.
+    pub fn infer(&self, model: &str, request_json: &Value) -> Result<Value, String> {
+        post_json(
+            self.http_port,
+            &format!("/v2/models/{model}/infer"),
+            request_json,
+            self.request_timeout,
+        )
+        .map_err(|e| self.failure(&e))
+    }
+
+    /// Any request to this server.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        http(method, self.http_port, path, body, self.request_timeout)
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.log_text()
+    }
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_text(), LOG_TAIL_LINES)
+    }
+    /// Time since the process was spawned.
+    #[must_use]
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the server and `model` are ready (`GET /v2/health/ready`,
+    /// `GET /v2/models/<model>/ready`); fails early when the process exits, when `stuck` says
+    /// why the model never will be, or when the log shows one of `markers` on a line without
+    /// any of `ignored`; fails at `timeout` otherwise. Returns the time from start to ready.
+    fn wait_model(
+        &self,
+        model: &str,
+        timeout: Duration,
+        markers: &[&str],
+        ignored: &[&str],
+        stuck: impl FnMut() -> Option<String>,
+    ) -> Result<Duration, String> {
+        let model_path = format!("/v2/models/{model}/ready");
+        wait_until(
+            self,
+            timeout,
+            markers,
+            ignored,
+            &format!("model {model}"),
+            || get_ok(self.http_port, "/v2/health/ready") && get_ok(self.http_port, &model_path),
+            stuck,
+        )
     }
 
     /// `Some(status)` once the process has exited.
@@ -346,10 +426,6 @@ impl ServerProcess {
 
     fn log_text(&self) -> String {
         read_lossy(&self.log)
-    }
-
-    fn log_tail(&self) -> String {
-        log_tail(&self.log_text(), LOG_TAIL_LINES)
     }
 
     fn failure(&self, msg: &str) -> String {
@@ -498,7 +574,7 @@ fn unique_tag() -> String {
 /// Polls until `ready()` is true, the process exits, a failure marker shows up in the log, or the
 /// timeout passes. Returns the time since the server was started.
 fn wait_until(
-    proc: &ServerProcess,
+    server: &Server,
     timeout: Duration,
     markers: &[&str],
     ignored: &[&str],
@@ -509,25 +585,25 @@ fn wait_until(
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {
-            return Ok(proc.started.elapsed());
+            return Ok(server.started.elapsed());
         }
-        if let Some(status) = proc.exited() {
-            return Err(proc.failure(&format!("exited with {status} before {what} was ready")));
+        if let Some(status) = server.exited() {
+            return Err(server.failure(&format!("exited with {status} before {what} was ready")));
         }
         if let Some(why) = stuck() {
-            return Err(proc.failure(&format!("{what} will never be ready: {why}")));
+            return Err(server.failure(&format!("{what} will never be ready: {why}")));
         }
-        if find_failure(&proc.log_text(), markers, ignored).is_some() {
+        if find_failure(&server.log_text(), markers, ignored).is_some() {
             // Let the rest of the traceback reach the log before quoting it.
             thread::sleep(Duration::from_millis(500));
-            let log = proc.log_text();
+            let log = server.log_text();
             let line = find_failure(&log, markers, ignored)
                 .map(|l| explain_failure(&log, l))
                 .unwrap_or_default();
-            return Err(proc.failure(&format!("failure while waiting for {what}: {line}")));
+            return Err(server.failure(&format!("failure while waiting for {what}: {line}")));
         }
         if Instant::now() >= deadline {
-            return Err(proc.failure(&format!("{what} not ready after {} s", timeout.as_secs())));
+            return Err(server.failure(&format!("{what} not ready after {} s", timeout.as_secs())));
         }
         thread::sleep(POLL);
     }
@@ -565,14 +641,10 @@ pub struct TritonOptions {
 /// A running `tritonserver` (HTTP only, on 127.0.0.1). Stopped and cleaned up on drop.
 #[derive(Debug)]
 pub struct Triton {
-    proc: ServerProcess,
-    /// HTTP port on 127.0.0.1.
-    pub http_port: u16,
+    server: Server,
     /// The python backend's `shm-region-prefix-name`: `/dev/shm/<prefix>*` belongs to this server.
     pub shm_prefix: String,
     pub model_repository: PathBuf,
-    /// Timeout of [`Triton::infer`] requests.
-    pub request_timeout: Duration,
     preexisting_envs: BTreeSet<PathBuf>,
     lock: Option<File>,
 }
@@ -638,7 +710,7 @@ impl Triton {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let proc = match ServerProcess::spawn(cmd, log, "tritonserver") {
+        let server = match Server::spawn(cmd, log, "tritonserver", http_port) {
             Ok(p) => p,
             Err(e) => {
                 release(lock);
@@ -646,11 +718,9 @@ impl Triton {
             }
         };
         Ok(Triton {
-            proc,
-            http_port,
+            server,
             shm_prefix,
             model_repository,
-            request_timeout: Duration::from_mins(1),
             preexisting_envs,
             lock: Some(lock),
         })
@@ -661,13 +731,12 @@ impl Triton {
     /// the log shows a stub or load failure; fails at `timeout` otherwise (a stub that cannot start
     /// hangs the server). Returns the time from start to ready.
     pub fn wait_model_ready(&self, model: &str, timeout: Duration) -> Result<Duration, String> {
-        let model_path = format!("/v2/models/{model}/ready");
         let mut zombie_since: Option<(u32, Instant)> = None;
         let stub_died = || {
             // The stub is started as `bash -c "source activate && exec ... stub"`, a child of the
             // server. If it exits during the load (activate fails, stub cannot start), Triton
             // 24.10 never notices and hangs; the only sign is the unreaped (zombie) child.
-            match (zombie_children(self.proc.pid).first(), zombie_since) {
+            match (zombie_children(self.pid).first(), zombie_since) {
                 (None, _) => zombie_since = None,
                 (Some(&z), Some((pid, since))) if z == pid => {
                     if since.elapsed() >= ZOMBIE_GRACE {
@@ -684,36 +753,13 @@ impl Triton {
             }
             None
         };
-        wait_until(
-            &self.proc,
+        self.server.wait_model(
+            model,
             timeout,
             TRITON_FAILURE_MARKERS,
             TRITON_IGNORED_LINES,
-            &format!("model {model}"),
-            || get_ok(self.http_port, "/v2/health/ready") && get_ok(self.http_port, &model_path),
             stub_died,
         )
-    }
-
-    /// `POST /v2/models/<model>/infer` with a KServe v2 JSON request; the parsed response.
-    pub fn infer(&self, model: &str, request_json: &Value) -> Result<Value, String> {
-        post_json(
-            self.http_port,
-            &format!("/v2/models/{model}/infer"),
-            request_json,
-            self.request_timeout,
-        )
-        .map_err(|e| self.proc.failure(&e))
-    }
-
-    /// Any request to this server.
-    pub fn http(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), String> {
-        http(method, self.http_port, path, body, self.request_timeout)
     }
 
     /// `GET /v2` → `version` (e.g. `"2.51.0"`).
@@ -743,28 +789,6 @@ impl Triton {
         list_prefixed(Path::new("/dev/shm"), &self.shm_prefix)
     }
 
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.proc.pid
-    }
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        &self.proc.log
-    }
-    #[must_use]
-    pub fn log(&self) -> String {
-        self.proc.log_text()
-    }
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        self.proc.log_tail()
-    }
-    /// Time since the process was spawned.
-    #[must_use]
-    pub fn uptime(&self) -> Duration {
-        self.proc.started.elapsed()
-    }
-
     /// Stops the server like `Drop` does, and reports. Fails if a leftover could not be removed.
     pub fn stop(mut self) -> Result<StopReport, String> {
         self.shutdown()
@@ -778,7 +802,7 @@ impl Triton {
                 removed: Vec::new(),
             });
         };
-        let (status, killed) = self.proc.terminate();
+        let (status, killed) = self.server.terminate();
         // A stub may still be writing into its extraction for a moment after the group kill.
         let mut leftovers: Vec<PathBuf> = self.extraction_dirs();
         leftovers.extend(self.shm_regions());
@@ -809,6 +833,19 @@ impl Triton {
                 errors.join("; ")
             ))
         }
+    }
+}
+
+impl Deref for Triton {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl DerefMut for Triton {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
     }
 }
 
@@ -981,8 +1018,7 @@ impl Default for MlServerOptions {
 /// A running `mlserver start` (HTTP on 127.0.0.1). Its whole process group is killed on drop.
 #[derive(Debug)]
 pub struct MlServer {
-    proc: ServerProcess,
-    pub http_port: u16,
+    server: Server,
     pub grpc_port: u16,
     pub metrics_port: u16,
     pub models_dir: PathBuf,
@@ -992,7 +1028,6 @@ pub struct MlServer {
     pub work_dir: PathBuf,
     /// The extracted environment of the image-level flow.
     pub image_env: Option<PathBuf>,
-    pub request_timeout: Duration,
 }
 
 impl MlServer {
@@ -1018,8 +1053,8 @@ impl MlServer {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let proc = ServerProcess::spawn(cmd, log, "mlserver")?;
-        Ok(prepared.into_server(proc, None))
+        let server = Server::spawn(cmd, log, "mlserver", prepared.ports[0])?;
+        Ok(prepared.into_server(server, None))
     }
 
     /// The MLServer image's start-up with `MLSERVER_ENV_TARBALL`: `tar -zxf <tarball>` into
@@ -1091,71 +1126,22 @@ impl MlServer {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let proc = ServerProcess::spawn(cmd, log, "mlserver (image flow)")?;
-        Ok(prepared.into_server(proc, Some(env)))
+        let server = Server::spawn(cmd, log, "mlserver (image flow)", prepared.ports[0])?;
+        Ok(prepared.into_server(server, Some(env)))
     }
 
     /// Waits until the server and `model` are ready (`GET /v2/health/ready`,
     /// `GET /v2/models/<model>/ready`); fails early when the process exits or the log shows a
     /// traceback (workers crash-loop rather than fail). Returns the time from start to ready.
     pub fn wait_model_ready(&self, model: &str, timeout: Duration) -> Result<Duration, String> {
-        let model_path = format!("/v2/models/{model}/ready");
-        wait_until(
-            &self.proc,
-            timeout,
-            MLSERVER_FAILURE_MARKERS,
-            &[],
-            &format!("model {model}"),
-            || get_ok(self.http_port, "/v2/health/ready") && get_ok(self.http_port, &model_path),
-            || None,
-        )
-    }
-
-    /// `POST /v2/models/<model>/infer` (V2 JSON).
-    pub fn infer(&self, model: &str, request_json: &Value) -> Result<Value, String> {
-        post_json(
-            self.http_port,
-            &format!("/v2/models/{model}/infer"),
-            request_json,
-            self.request_timeout,
-        )
-        .map_err(|e| self.proc.failure(&e))
-    }
-
-    pub fn http(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), String> {
-        http(method, self.http_port, path, body, self.request_timeout)
+        self.server
+            .wait_model(model, timeout, MLSERVER_FAILURE_MARKERS, &[], || None)
     }
 
     /// `<environments_dir>/<sha256>` folders (per-model flow extractions).
     #[must_use]
     pub fn extracted_envs(&self) -> Vec<PathBuf> {
         list_prefixed(&self.environments_dir, "")
-    }
-
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.proc.pid
-    }
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        &self.proc.log
-    }
-    #[must_use]
-    pub fn log(&self) -> String {
-        self.proc.log_text()
-    }
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        self.proc.log_tail()
-    }
-    #[must_use]
-    pub fn uptime(&self) -> Duration {
-        self.proc.started.elapsed()
     }
 
     /// Stops the server (SIGTERM, 10 s, SIGKILL to the process group) and removes the
@@ -1165,14 +1151,14 @@ impl MlServer {
     }
 
     fn shutdown(&mut self, clean: bool) -> Result<StopReport, String> {
-        if self.proc.stopped {
+        if self.server.stopped {
             return Ok(StopReport {
                 status: None,
                 killed: false,
                 removed: Vec::new(),
             });
         }
-        let (status, killed) = self.proc.terminate();
+        let (status, killed) = self.server.terminate();
         let mut removed = Vec::new();
         if clean && self.environments_dir.exists() {
             fs::remove_dir_all(&self.environments_dir)
@@ -1184,6 +1170,19 @@ impl MlServer {
             killed,
             removed,
         })
+    }
+}
+
+impl Deref for MlServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl DerefMut for MlServer {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
     }
 }
 
@@ -1203,17 +1202,15 @@ struct PreparedMlServer {
 }
 
 impl PreparedMlServer {
-    fn into_server(self, proc: ServerProcess, image_env: Option<PathBuf>) -> MlServer {
+    fn into_server(self, server: Server, image_env: Option<PathBuf>) -> MlServer {
         MlServer {
-            proc,
-            http_port: self.ports[0],
+            server,
             grpc_port: self.ports[1],
             metrics_port: self.ports[2],
             models_dir: self.models_dir,
             environments_dir: self.environments_dir,
             work_dir: self.work_dir,
             image_env,
-            request_timeout: Duration::from_mins(1),
         }
     }
 }

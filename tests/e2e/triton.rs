@@ -10,7 +10,7 @@ use libtest_mimic::Failed;
 use serde_json::{Value, json};
 
 use crate::servers::{self, ServersDir, Triton};
-use crate::support::{envpack, run_ok};
+use crate::support::{ensure, envpack, run_ok};
 use crate::{Case, Needs, mirror_arg};
 
 pub fn cases() -> Vec<Case> {
@@ -26,10 +26,6 @@ pub fn cases() -> Vec<Case> {
             run: folder_form_runs_in_place,
         },
     ]
-}
-
-pub fn ensure(cond: bool, msg: impl Into<String>) -> Result<(), Failed> {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 /// The environment of the Triton test models: the stub here is built for Python 3.11, and
