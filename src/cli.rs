@@ -81,6 +81,23 @@ pub struct PackArgs {
     #[arg(long)]
     pub no_check: bool,
 
+    /// The Python of an environment made from a requirements.txt (X.Y; default: what the
+    /// server runs: the Triton stub's, 3.12 for the newest; 3.10 for MLServer).
+    #[arg(long, value_name = "X.Y")]
+    pub python: Option<String>,
+
+    /// In a model repository, give every model its own copy of an environment it shares
+    /// with others (default: one file at the repository root, which every model's config
+    /// points at; use this when models are shipped or mounted one by one).
+    #[arg(long)]
+    pub copy_per_model: bool,
+
+    /// Where the shared environments of a model repository go (default: the repository
+    /// root; for --format dir, beside the repository, since Triton takes any folder in the
+    /// repository for a model).
+    #[arg(long, value_name = "DIR")]
+    pub env_dir: Option<PathBuf>,
+
     /// Distinct environments of a model repository built at once (default: the cores, at
     /// most 4).
     #[arg(long, value_name = "N")]
@@ -224,6 +241,9 @@ impl PackArgs {
             no_check: self.no_check,
             triton_version: self.triton_version.clone(),
             parallel: self.parallel,
+            copy_per_model: self.copy_per_model,
+            python: self.python.clone(),
+            env_dir: self.env_dir.clone(),
             prefix: self.prefix.clone(),
             output: self.output.clone(),
             format: self.format.clone(),

@@ -142,11 +142,11 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     } else if !quiet {
         writeln!(
             out,
-            "wrote {} ({}, {} packages, {} files, {} relocatable)",
+            "wrote {} ({}, {}, {}, {} relocatable)",
             s.output.display(),
             human(s.size),
-            s.packages.len(),
-            s.members,
+            count(s.packages.len(), "package"),
+            count(s.members, "file"),
             s.relocated_files
         )
     } else {
@@ -154,11 +154,20 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     }
 }
 
+/// `1 file`, `2 files`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn print_packages(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(
         out,
-        "{} packages, {} to download at most:",
-        s.packages.len(),
+        "{}, {} to download at most:",
+        count(s.packages.len(), "package"),
         human(s.download_size)
     )?;
     for p in &s.packages {
@@ -241,16 +250,28 @@ fn print_models(r: &ModelsReport, json: bool, quiet: bool) -> std::io::Result<()
         writeln!(out, "{}", line.trim_end())?;
     }
     if r.dry_run {
-        for (i, e) in r.environments.iter().enumerate() {
-            let users: Vec<&str> = r
-                .models
-                .iter()
-                .filter(|m| m.environment == i)
-                .map(|m| m.name.as_str())
-                .collect();
-            writeln!(out, "\nenvironment of {}:", users.join(", "))?;
-            print_packages(&mut out, e)?;
+        for e in &r.environments {
+            writeln!(out, "\nenvironment of {}:", e.models.join(", "))?;
+            print_packages(&mut out, &e.summary)?;
         }
+        return Ok(());
+    }
+    if r.environments.iter().any(|e| e.shared) {
+        for e in r.environments.iter().filter(|e| e.shared) {
+            writeln!(
+                out,
+                "shared: {} ({}) used by {}",
+                below(&e.summary.output),
+                human(e.summary.size),
+                e.models.join(", ")
+            )?;
+        }
+        writeln!(
+            out,
+            "environments in the repository: {} (a copy per model: {})",
+            human(r.size),
+            human(r.copy_per_model_size)
+        )?;
     }
     Ok(())
 }

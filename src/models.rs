@@ -76,11 +76,27 @@ pub struct ModelsReport {
     /// The models, sorted by name.
     pub models: Vec<ModelReport>,
     /// The distinct environments, each installed and packed once.
-    pub environments: Vec<Summary>,
+    pub environments: Vec<EnvironmentReport>,
+    /// Bytes of packed environments the repository holds.
+    pub size: u64,
+    /// What it would hold with a copy of each environment per model.
+    pub copy_per_model_size: u64,
     /// Warnings and notes.
     pub notices: Vec<Notice>,
     /// Nothing was written.
     pub dry_run: bool,
+}
+
+/// One distinct environment of a model run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentReport {
+    /// What was packed.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// The models that use it, by name.
+    pub models: Vec<String>,
+    /// Written once for all its models (not a copy per model).
+    pub shared: bool,
 }
 
 /// One model, planned.
@@ -148,26 +164,111 @@ fn display_below(path: &Path, root: &Path) -> String {
 
 /// Plans every model before any work: environment file, output, format, config.
 fn plan_jobs(settings: &Settings, root: &Path, models: &[Model]) -> Result<Vec<Job>, Error> {
-    let mut jobs = Vec::new();
+    let mut files = Vec::new();
     for m in models {
-        let file = match &settings.model_file {
+        files.push(match &settings.model_file {
             Some(f) => spec::locate(f)?,
-            None => targets::find_environment_file(&m.dir, root)?,
-        };
+            None => targets::find_environment_file(
+                &m.dir,
+                &targets::project_boundary(&m.dir, root, &settings.cwd),
+            )?,
+        });
+    }
+    let mut jobs = Vec::new();
+    for (m, file) in models.iter().zip(files.iter()) {
         let output = output_for(m, settings);
         if settings.check {
             checks::check_format(m.server.consumer(), settings.pack.format)?;
         }
-        pipeline::check_output(settings, &output)?;
-        let config = config::plan(m, &output, settings.write_config)?;
+        // A file several models use becomes one shared output (checked once it is named).
+        let shared = !settings.copy_per_model && files.iter().filter(|f| *f == file).count() > 1;
+        if !shared {
+            pipeline::check_output(settings, &output)?;
+        }
+        let config = config::plan(m, &output, settings.write_config, false)?;
         jobs.push(Job {
             model: m.clone(),
-            file,
+            file: file.clone(),
             output,
             config,
         });
     }
     Ok(jobs)
+}
+
+/// The Python of an environment made from a requirements file: `--python`, else the one the
+/// server runs (the stub of `--triton-version` or of the newest Triton; MLServer's image).
+fn default_python(settings: &Settings, server: Server) -> String {
+    if let Some(p) = &settings.python {
+        return p.clone();
+    }
+    let (a, b) = match server {
+        Server::Triton => settings
+            .triton_version
+            .unwrap_or(targets::TritonVersion::NEWEST)
+            .stub_python(),
+        Server::MlServer => checks::MLSERVER_IMAGE_PYTHON,
+    };
+    format!("{a}.{b}")
+}
+
+/// Where each build goes when several models use it: one file (a folder for `--format dir`)
+/// named from the environment and a short digest of what it holds, at the repository root
+/// (beside it for folders, which Triton would take for models) or in `--env-dir`. `None`
+/// for builds of one model, and with `--copy-per-model`.
+fn shared_outputs(
+    settings: &Settings,
+    root: &Path,
+    sh: &Sharing,
+    solved: &[Solved],
+    identities: &[String],
+) -> Result<Vec<Option<PathBuf>>, Error> {
+    let format = settings.pack.format;
+    let dir = match &settings.env_dir {
+        Some(d) => d.clone(),
+        None if format == Format::Dir => root.parent().unwrap_or(root).to_path_buf(),
+        None => root.to_path_buf(),
+    };
+    if format == Format::Dir && crate::paths::normalize(&dir).starts_with(root) {
+        return Err(TargetError::SharedFolderInRepository { dir }.into());
+    }
+    Ok(sh
+        .build_leader
+        .iter()
+        .enumerate()
+        .map(|(b, &leader)| {
+            let users = sh.build_of_job.iter().filter(|x| **x == b).count();
+            (!settings.copy_per_model && users > 1).then(|| {
+                let env = &solved[sh.solve_of_job[leader]].env;
+                let name = file_name_part(env.name.as_deref().unwrap_or("environment"));
+                dir.join(format!(
+                    "{name}-{}{}",
+                    &identities[b][..8],
+                    format.extension()
+                ))
+            })
+        })
+        .collect())
+}
+
+/// `name` with anything but letters, digits, `.`, `_` and `-` replaced, fit for a file name.
+fn file_name_part(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() {
+        "environment".into()
+    } else {
+        s
+    }
 }
 
 /// Which job shares what with which: solves and builds, and the first job of each.
@@ -211,7 +312,7 @@ fn solve_all(
         let env = if let Some(e) = read.get(&j.file) {
             e.clone()
         } else {
-            let e = spec::read(&j.file)?;
+            let e = spec::read_any(&j.file, &default_python(p.settings, j.model.server))?;
             read.insert(j.file.clone(), e.clone());
             e
         };
@@ -250,29 +351,36 @@ pub fn pack_models(
 ) -> Result<ModelsReport, Error> {
     let settings = p.settings;
     let format = settings.pack.format;
-    let jobs = plan_jobs(settings, root, models)?;
-    let mut notices: Vec<Notice> = Vec::new();
+    let mut jobs = plan_jobs(settings, root, models)?;
+    let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
+
+    let (identities, build_of_solve) = distinct_builds(&solved);
+    let sh = Sharing::new(solve_of_job, &build_of_solve);
+
+    // An environment several models use is written once, where each model's config reaches it.
+    let shared = shared_outputs(settings, root, &sh, &solved, &identities)?;
+    for out in shared.iter().flatten() {
+        pipeline::check_output(settings, out)?;
+    }
+    for (j, job) in jobs.iter_mut().enumerate() {
+        if let Some(out) = &shared[sh.build_of_job[j]] {
+            job.output.clone_from(out);
+            job.config = config::plan(&job.model, out, settings.write_config, true)?;
+        }
+    }
+    let mut notices = files_found_above(settings, &jobs);
     for w in jobs.iter().flat_map(|j| &j.config.warnings) {
         reporter.on_notice(w);
         notices.push(w.clone());
     }
-    let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
-
-    // Each distinct package set once.
-    let mut identities: Vec<String> = Vec::new();
-    let mut build_of_solve = Vec::new();
-    for s in &solved {
-        let id = s.identity();
-        let b = identities.iter().position(|i| *i == id).unwrap_or_else(|| {
-            identities.push(id);
-            identities.len() - 1
-        });
-        build_of_solve.push(b);
-    }
-    let sh = Sharing::new(solve_of_job, &build_of_solve);
 
     let mut seconds = vec![0.0; jobs.len()];
     let environments: Vec<Summary> = if settings.dry_run {
+        // What the real run would refuse, the dry run refuses too.
+        for n in dry_run_checks(settings, &jobs, &sh, &solved, root)? {
+            reporter.on_notice(&n);
+            notices.push(n);
+        }
         sh.build_leader
             .iter()
             .map(|&j| solved[sh.solve_of_job[j]].summary(settings, jobs[j].output.clone(), format))
@@ -300,10 +408,10 @@ pub fn pack_models(
             }
             environments.push(summary);
         }
-        // Copy each environment to the other models that use it.
+        // With --copy-per-model, copy each environment to the other models that use it.
         for (j, job) in jobs.iter().enumerate() {
             let leader = sh.build_leader[sh.build_of_job[j]];
-            if leader != j {
+            if leader != j && shared[sh.build_of_job[j]].is_none() {
                 let t = Instant::now();
                 copy_output(&jobs[leader].output, &job.output, format)?;
                 seconds[j] = t.elapsed().as_secs_f64();
@@ -341,13 +449,114 @@ pub fn pack_models(
             config_points_at_output: job.config.points || written,
         });
     }
-    Ok(ModelsReport {
+    Ok(models_report(
+        settings,
+        root,
+        reports,
+        environments,
+        &shared,
+        notices,
+    ))
+}
+
+/// Each distinct package set once: the identities of the builds, and the build of each solve.
+fn distinct_builds(solved: &[Solved]) -> (Vec<String>, Vec<usize>) {
+    let mut identities: Vec<String> = Vec::new();
+    let mut build_of_solve = Vec::new();
+    for s in solved {
+        let id = s.identity();
+        let b = identities.iter().position(|i| *i == id).unwrap_or_else(|| {
+            identities.push(id);
+            identities.len() - 1
+        });
+        build_of_solve.push(b);
+    }
+    (identities, build_of_solve)
+}
+
+/// The consumer checks of every build, on what its solve says the environment will hold.
+fn dry_run_checks(
+    settings: &Settings,
+    jobs: &[Job],
+    sh: &Sharing,
+    solved: &[Solved],
+    root: &Path,
+) -> Result<Vec<Notice>, Error> {
+    let mut notices = Vec::new();
+    for (b, &leader) in sh.build_leader.iter().enumerate() {
+        let s = &solved[sh.solve_of_job[leader]];
+        let users: Vec<&Job> = (0..jobs.len())
+            .filter(|j| sh.build_of_job[*j] == b)
+            .map(|j| &jobs[j])
+            .collect();
+        let facts = checks::expected(&s.records, &s.env.pip);
+        notices.extend(check_users(settings, &facts, &jobs[leader], &users, root)?);
+    }
+    Ok(notices)
+}
+
+/// The notes that say which environment file models use, where it was found above the model
+/// folder.
+fn files_found_above(settings: &Settings, jobs: &[Job]) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    if settings.model_file.is_some() {
+        return notices;
+    }
+    let mut files: Vec<&Path> = jobs.iter().map(|j| j.file.as_path()).collect();
+    files.sort();
+    files.dedup();
+    for f in files {
+        let users: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.file == f && !f.starts_with(&j.model.dir))
+            .map(|j| j.model.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            notices.push(Notice::note(format!(
+                "{} uses {}",
+                users.join(", "),
+                f.display()
+            )));
+        }
+    }
+    notices
+}
+
+/// The report: models, each environment with the models that use it, and the sizes.
+fn models_report(
+    settings: &Settings,
+    root: &Path,
+    reports: Vec<ModelReport>,
+    environments: Vec<Summary>,
+    shared: &[Option<PathBuf>],
+    notices: Vec<Notice>,
+) -> ModelsReport {
+    let environments: Vec<EnvironmentReport> = environments
+        .into_iter()
+        .enumerate()
+        .map(|(b, summary)| EnvironmentReport {
+            models: reports
+                .iter()
+                .filter(|m| m.environment == b)
+                .map(|m| m.name.clone())
+                .collect(),
+            shared: shared[b].is_some(),
+            summary,
+        })
+        .collect();
+    let copies = |e: &EnvironmentReport| e.summary.size * e.models.len() as u64;
+    ModelsReport {
         root: root.to_path_buf(),
         models: reports,
+        size: environments
+            .iter()
+            .map(|e| if e.shared { e.summary.size } else { copies(e) })
+            .sum(),
+        copy_per_model_size: environments.iter().map(copies).sum(),
         environments,
         notices,
         dry_run: settings.dry_run,
-    })
+    }
 }
 
 /// Installs, checks for every model that uses it, and packs one environment into the output
@@ -362,38 +571,50 @@ fn build(
 ) -> Result<Summary, Error> {
     let settings = p.settings;
     let check = |prefix: &Path| -> Result<Vec<Notice>, Error> {
-        let mut notices: Vec<Notice> = Vec::new();
-        if !settings.check {
-            return Ok(notices);
-        }
         let facts = checks::inspect(prefix)?;
-        let env_name = display_below(&leader.file, root);
-        for job in users {
-            let m = &job.model;
-            let found = match m.server {
-                Server::Triton => checks::check_triton(
-                    &facts,
-                    settings.triton_version,
-                    checks::custom_stub(&m.dir).is_file(),
-                ),
-                Server::MlServer => checks::check_mlserver(&facts),
-            }
-            .map_err(|source| TargetError::Check {
-                model: m.name.clone(),
-                server: m.server,
-                environment: leader.file.clone(),
-                source: Box::new(source),
-            })?;
-            for n in found {
-                let n = n.within(&env_name);
-                if !notices.contains(&n) {
-                    notices.push(n);
-                }
-            }
-        }
-        Ok(notices)
+        check_users(settings, &facts, leader, users, root)
     };
     p.build(solved, leader.output.clone(), &check, reporter)
+}
+
+/// The consumer checks of one environment, once for every model that uses it (a model's own
+/// stub lifts the Python rule for that model only). Returns the notices, each once.
+fn check_users(
+    settings: &Settings,
+    facts: &checks::EnvFacts,
+    leader: &Job,
+    users: &[&Job],
+    root: &Path,
+) -> Result<Vec<Notice>, Error> {
+    let mut notices: Vec<Notice> = Vec::new();
+    if !settings.check {
+        return Ok(notices);
+    }
+    let env_name = display_below(&leader.file, root);
+    for job in users {
+        let m = &job.model;
+        let found = match m.server {
+            Server::Triton => checks::check_triton(
+                facts,
+                settings.triton_version,
+                checks::custom_stub(&m.dir).is_file(),
+            ),
+            Server::MlServer => checks::check_mlserver(facts),
+        }
+        .map_err(|source| TargetError::Check {
+            model: m.name.clone(),
+            server: m.server,
+            environment: leader.file.clone(),
+            source: Box::new(source),
+        })?;
+        for n in found {
+            let n = n.within(&env_name);
+            if !notices.contains(&n) {
+                notices.push(n);
+            }
+        }
+    }
+    Ok(notices)
 }
 
 /// Where a model's packed environment goes: `-o NAME` inside the model folder, `-o PATH` for

@@ -23,6 +23,26 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The path of `to` relative to the folder `from` (both absolute), with `..` where `to` is not
+/// below `from`; lexical, like the paths a config file holds.
+#[must_use]
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to) = (normalize(from), normalize(to));
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = PathBuf::new();
+    for _ in from.components().skip(common) {
+        out.push("..");
+    }
+    for c in to.components().skip(common) {
+        out.push(c);
+    }
+    out
+}
+
 /// An I/O error on a path, in the shape `fs_err` gives its own.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {}", path.display())]
@@ -58,6 +78,22 @@ mod tests {
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), Path::new("/a/c"));
         assert_eq!(normalize(Path::new("a/b/../../c")), Path::new("c"));
+    }
+
+    #[test]
+    fn relative_paths_climb_with_dot_dot() {
+        assert_eq!(
+            relative(Path::new("/r/models/a"), Path::new("/r/models/env.tar.gz")),
+            Path::new("../env.tar.gz")
+        );
+        assert_eq!(
+            relative(Path::new("/r/models/g/c"), Path::new("/r/envs/e")),
+            Path::new("../../../envs/e")
+        );
+        assert_eq!(
+            relative(Path::new("/r/m"), Path::new("/r/m/x.tar")),
+            Path::new("x.tar")
+        );
     }
 
     #[test]

@@ -360,7 +360,13 @@ impl<'a> Pipeline<'a> {
         check: Check<'_>,
         reporter: &SharedReporter,
     ) -> Result<Summary, Error> {
-        let env = spec::read(file)?;
+        let env = spec::read_any(
+            file,
+            self.settings
+                .python
+                .as_deref()
+                .unwrap_or(spec::DEFAULT_PYTHON),
+        )?;
         let output = output.unwrap_or_else(|| {
             default_output(self.settings, env.name.as_deref().unwrap_or("environment"))
         });
@@ -401,7 +407,17 @@ impl<'a> Pipeline<'a> {
             size,
             platform: settings.platform.to_string(),
             download_size: 0,
-            packages: Vec::new(),
+            packages: plan
+                .packages
+                .iter()
+                .map(|p| PackageSummary {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    build: p.build.clone(),
+                    channel: p.channel.clone().unwrap_or_default(),
+                    size: p.size.unwrap_or(0),
+                })
+                .collect(),
             pip: Vec::new(),
             members: plan.members.len(),
             relocated_files: plan.relocations.len(),

@@ -51,7 +51,7 @@ impl Bars {
             Stage::Scan => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
             Stage::Link => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} packages",
             Stage::Install | Stage::Pack => {
-                "{spinner} {prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+                "{spinner} {prefix:>8} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}"
             }
         };
         ProgressStyle::with_template(template)

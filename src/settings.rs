@@ -66,6 +66,34 @@ pub enum SettingsError {
         /// The value given.
         path: PathBuf,
     },
+    /// `--format` that contradicts the output's extension.
+    #[error("--format {format} does not match the output name {}: name it for the format, or drop --format", path.display())]
+    FormatMismatch {
+        /// The output.
+        path: PathBuf,
+        /// The format asked for.
+        format: Format,
+    },
+    /// A `--glibc` or `--cuda` that is not a version.
+    #[error("{flag} takes a version as X.Y (e.g. 2.28), not `{value}`")]
+    Version {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `--prefix` names no folder.
+    #[error("no such folder: {}", path.display())]
+    NoSuchPrefix {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A `--python` that is not `X.Y`.
+    #[error("--python takes a version as X.Y (e.g. 3.11), not `{value}`")]
+    Python {
+        /// The value given.
+        value: String,
+    },
     /// An unknown `--format`.
     #[error("unknown format `{value}`: use tar.gz, tar.zst, tar or dir")]
     UnknownFormat {
@@ -180,6 +208,12 @@ pub struct Request {
     pub triton_version: Option<String>,
     /// `--parallel`.
     pub parallel: Option<usize>,
+    /// `--copy-per-model`.
+    pub copy_per_model: bool,
+    /// `--python`.
+    pub python: Option<String>,
+    /// `--env-dir`.
+    pub env_dir: Option<PathBuf>,
 }
 
 /// What the pipeline packs.
@@ -241,6 +275,13 @@ pub struct Settings {
     pub triton_version: Option<TritonVersion>,
     /// Environments of a model repository built at once.
     pub parallel: usize,
+    /// Each model of a repository gets its own copy of a shared environment.
+    pub copy_per_model: bool,
+    /// The Python of environments made from a requirements file (`X.Y`).
+    pub python: Option<String>,
+    /// Where the shared environments of a repository go (default: its root; beside it for
+    /// folders).
+    pub env_dir: Option<PathBuf>,
     /// The folder the command runs in.
     pub cwd: PathBuf,
     /// What installs the `pip:` section.
@@ -254,6 +295,7 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
         cwd: &Path,
     ) -> Result<Settings, SettingsError> {
+        check_versions(&req)?;
         let input = resolve_input(&req, cwd)?;
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
         let models = matches!(input, Input::Models { .. });
@@ -343,10 +385,40 @@ impl Settings {
             check: !req.no_check,
             triton_version,
             parallel,
+            copy_per_model: req.copy_per_model,
+            python: req.python,
+            env_dir: req.env_dir.map(|d| cwd.join(d)),
             cwd: cwd.to_path_buf(),
             pip_tool: PipTool::detect(env("PATH").as_deref()),
         })
     }
+}
+
+/// `--glibc`, `--cuda` and `--python` are versions (`X.Y` for Python).
+fn check_versions(req: &Request) -> Result<(), SettingsError> {
+    for (flag, value) in [("--glibc", &req.glibc), ("--cuda", &req.cuda)] {
+        if let Some(v) = value
+            && !is_dotted_version(v)
+        {
+            return Err(SettingsError::Version {
+                flag,
+                value: v.clone(),
+            });
+        }
+    }
+    if let Some(v) = &req.python
+        && !(is_dotted_version(v) && v.matches('.').count() == 1)
+    {
+        return Err(SettingsError::Python { value: v.clone() });
+    }
+    Ok(())
+}
+
+/// `2.28`, `12.4.1`: numbers separated by dots.
+fn is_dotted_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `--triton-version`, parsed, after checking that the model flags have models to act on.
@@ -374,6 +446,14 @@ fn resolve_model_flags(
             flag: "--triton-version",
         });
     }
+    if req.copy_per_model && !models {
+        return Err(SettingsError::NeedsModels {
+            flag: "--copy-per-model",
+        });
+    }
+    if req.env_dir.is_some() && !models {
+        return Err(SettingsError::NeedsModels { flag: "--env-dir" });
+    }
     Ok(triton_version)
 }
 
@@ -398,7 +478,10 @@ fn resolve_output(
         (Some(o), Input::Models { models, .. }) if models.len() > 1 => {
             return Err(SettingsError::OutputPathForRepository { path: o.clone() });
         }
-        (o, _) => (o.as_ref().map(|o| cwd.join(o)), None),
+        (o, _) => (
+            o.as_ref().map(|o| crate::paths::normalize(&cwd.join(o))),
+            None,
+        ),
     };
     let named = output
         .clone()
@@ -416,6 +499,17 @@ fn resolve_output(
     {
         return Err(SettingsError::UnknownExtension { path: o.clone() });
     }
+    // `--format tar.gz -o x.tar.zst` would write gzip into a .tar.zst; `--format dir -o
+    // x.tar.gz` a folder named like a tarball.
+    if let (Some(o), Some(_)) = (&named, &req.format)
+        && let Some(implied) = Format::from_path(o)
+        && implied != format
+    {
+        return Err(SettingsError::FormatMismatch {
+            path: o.clone(),
+            format,
+        });
+    }
     Ok((output, model_output_name, format))
 }
 
@@ -425,7 +519,11 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, SettingsError> {
         return Err(SettingsError::PrefixWithPath);
     }
     if let Some(p) = &req.prefix {
-        return Ok(Input::Prefix(cwd.join(p)));
+        let p = cwd.join(p);
+        if !p.is_dir() {
+            return Err(SettingsError::NoSuchPrefix { path: p });
+        }
+        return Ok(Input::Prefix(p));
     }
     if req.mlserver {
         // The image-level tarball: PATH (or --file) is an environment file or its folder.

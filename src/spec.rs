@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 /// The names looked for in a folder, in this order.
 pub const FILE_NAMES: [&str; 2] = ["environment.yml", "environment.yaml"];
 
+/// A pip requirements file, packed when a folder has no environment file: `python` and `pip`
+/// from conda-forge, the file installed as the `pip:` section would be.
+pub const REQUIREMENTS: &str = "requirements.txt";
+
 /// Errors of reading an environment file.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -137,11 +141,12 @@ enum RawDependency {
 }
 
 /// Finds the environment file for `path`: the file itself, or the first of [`FILE_NAMES`]
-/// in the folder.
+/// in the folder, else its [`REQUIREMENTS`].
 pub fn locate(path: &Path) -> Result<PathBuf, SpecError> {
     if path.is_dir() {
         FILE_NAMES
             .iter()
+            .chain([&REQUIREMENTS])
             .map(|n| path.join(n))
             .find(|p| p.is_file())
             .ok_or_else(|| SpecError::NotFound {
@@ -150,6 +155,43 @@ pub fn locate(path: &Path) -> Result<PathBuf, SpecError> {
     } else {
         Ok(path.to_path_buf())
     }
+}
+
+/// The Python of an environment made from a requirements file, unless `--python` or the target
+/// server says otherwise: the newest Triton's stub's.
+pub const DEFAULT_PYTHON: &str = "3.12";
+
+/// Whether `path` is a pip requirements file rather than an environment file.
+#[must_use]
+pub fn is_requirements(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "txt")
+}
+
+/// Reads an environment file, or a requirements file as the environment of Python `python`
+/// (`X.Y`) and `pip` with the file as its `pip:` section.
+pub fn read_any(path: &Path, python: &str) -> Result<EnvironmentSpec, SpecError> {
+    if !is_requirements(path) {
+        return read(path);
+    }
+    let bytes = fs_err::read(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = path.parent().and_then(Path::file_name).map_or_else(
+        || "environment".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let file = path
+        .file_name()
+        .map_or_else(|| REQUIREMENTS.into(), |n| n.to_string_lossy().into_owned());
+    let text = format!(
+        "name: {}\nchannels: [conda-forge]\ndependencies:\n  - python={python}\n  - pip\n  - pip:\n    - -r {}\n",
+        serde_json::to_string(&name).unwrap_or_default(),
+        serde_json::to_string(&file).unwrap_or_default(),
+    );
+    let mut all = text.clone().into_bytes();
+    all.extend_from_slice(&bytes);
+    parse(path, &text, &all)
 }
 
 /// Reads and validates an environment file.

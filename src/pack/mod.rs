@@ -261,6 +261,8 @@ pub struct Member {
 pub struct PackPlan {
     /// The prefix packed.
     pub prefix: PathBuf,
+    /// The packages its `conda-meta` records describe.
+    pub packages: Vec<walk::Recorded>,
     /// The prefix string files hold on disk.
     pub source_prefix: String,
     /// The prefix string files hold in the archive.
@@ -340,6 +342,13 @@ pub fn plan(
         |d| d.trim_end_matches('/').to_string(),
     );
     let records = walk::read_records(&prefix)?;
+    // `conda env config vars set` keeps its variables in `conda-meta/state`, which is made
+    // anew: carry them into activation unless the environment file gives its own.
+    let mut options = options.clone();
+    if options.variables.is_empty() {
+        options.variables = walk::state_variables(&prefix)?;
+    }
+    let options = &options;
     let found = without_empty_clobber_dirs(walk::walk(&prefix, &options.filters)?);
     let mut warnings = check(&prefix, &found, &records, options)?;
     let hook_dir = options
@@ -413,6 +422,7 @@ pub fn plan(
         warnings,
         format: options.format,
         level: options.level,
+        packages: records.packages,
     })
 }
 

@@ -25,12 +25,34 @@ pub struct Managed {
 pub struct Records {
     /// Relative path → what conda knows about it.
     pub files: BTreeMap<String, Managed>,
-    /// The record files themselves (`conda-meta/<pkg>.json`).
-    pub record_files: Vec<String>,
+    /// The packages the records describe, in record file order.
+    pub packages: Vec<Recorded>,
+}
+
+/// One package installed in a prefix, as its `conda-meta` record describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Recorded {
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Version.
+    #[serde(default)]
+    pub version: String,
+    /// Build string.
+    #[serde(default)]
+    pub build: String,
+    /// Channel URL.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Archive size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct RawRecord {
+    #[serde(flatten)]
+    package: Recorded,
     #[serde(default)]
     files: Vec<String>,
     #[serde(default)]
@@ -51,6 +73,26 @@ struct RawPath {
     prefix_placeholder: Option<String>,
     #[serde(default)]
     file_mode: Option<String>,
+}
+
+/// The `env_vars` that `conda env config vars set` keeps in `conda-meta/state`, in file
+/// order (none when there is no such file).
+pub fn state_variables(prefix: &Path) -> Result<Vec<(String, String)>, PackError> {
+    let path = prefix.join("conda-meta/state");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = fs_err::read_to_string(&path)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| PackError::Record { path, source })?;
+    Ok(v.get("env_vars")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Reads the `conda-meta` records of `prefix`.
@@ -97,7 +139,7 @@ pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
                 }
             }
         }
-        records.record_files.push(format!("conda-meta/{name}"));
+        records.packages.push(raw.package);
     }
     Ok(records)
 }

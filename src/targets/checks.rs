@@ -30,6 +30,42 @@ pub struct EnvFacts {
     pub mlserver: Option<String>,
 }
 
+/// What the solved packages will provide, for `--dry-run`: Python and numpy from their
+/// records (conda-forge's Python ships its shared library), mlserver when a `pip:` line names it.
+#[must_use]
+pub fn expected(records: &[rattler_conda_types::RepoDataRecord], pip: &[String]) -> EnvFacts {
+    let version = |name: &str| {
+        records
+            .iter()
+            .find(|r| r.package_record.name.as_normalized() == name)
+            .map(|r| r.package_record.version.to_string())
+    };
+    let python = version("python").and_then(|v| {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    });
+    let mlserver = pip
+        .iter()
+        .any(|l| {
+            l.trim_start()
+                .to_ascii_lowercase()
+                .strip_prefix("mlserver")
+                .is_some_and(|rest| {
+                    !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+        })
+        .then(|| "from pip".to_string());
+    EnvFacts {
+        python,
+        python_dirs: python
+            .map(|(a, b)| vec![format!("python{a}.{b}")])
+            .unwrap_or_default(),
+        libpython: python.is_some(),
+        numpy: version("numpy"),
+        mlserver,
+    }
+}
+
 /// Looks into an installed prefix.
 pub fn inspect(prefix: &Path) -> Result<EnvFacts, TargetError> {
     let lib = prefix.join("lib");

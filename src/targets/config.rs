@@ -31,19 +31,26 @@ pub struct ConfigPlan {
     pub warnings: Vec<Notice>,
 }
 
-/// The value a model's config should hold for `output`, if `output` is in the model folder.
+/// The value a model's config should hold for `output`: if `output` is in the model folder,
+/// or, for an environment `shared` by the models of a repository, wherever it is (a path
+/// relative to the model folder, with `..`).
 #[must_use]
-pub fn value_for(model: &Model, output: &Path) -> Option<String> {
-    let rel = normalize(output)
-        .strip_prefix(normalize(&model.dir))
-        .ok()?
-        .to_str()?
-        .to_string();
+pub fn value_for(model: &Model, output: &Path, shared: bool) -> Option<String> {
+    let rel = if shared {
+        crate::paths::relative(&model.dir, output)
+    } else {
+        normalize(output)
+            .strip_prefix(normalize(&model.dir))
+            .ok()?
+            .to_path_buf()
+    };
+    let rel = rel.to_str()?.to_string();
     if rel.is_empty() {
         return None;
     }
     Some(match model.server {
         Server::Triton => format!("{MODEL_DIR_VAR}/{rel}"),
+        Server::MlServer if rel.starts_with("../") => rel,
         Server::MlServer => format!("./{rel}"),
     })
 }
@@ -67,14 +74,19 @@ pub fn resolve_value(model: &Model, value: &str) -> Option<PathBuf> {
 }
 
 /// Plans the config of `model` for `output`: reads it, tells whether it points at `output`,
-/// and with `write` computes the edited text.
-pub fn plan(model: &Model, output: &Path, write: bool) -> Result<ConfigPlan, TargetError> {
+/// and with `write` computes the edited text. `shared`: see [`value_for`].
+pub fn plan(
+    model: &Model,
+    output: &Path,
+    write: bool,
+    shared: bool,
+) -> Result<ConfigPlan, TargetError> {
     let path = model.config_path();
     let text = fs_err::read_to_string(&path)?;
     let file_name = output
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let value = match value_for(model, output) {
+    let value = match value_for(model, output, shared) {
         Some(v) => v,
         None if write => {
             return Err(TargetError::OutputOutsideModel {
@@ -255,7 +267,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let m = model(&t.path().join("m"), Server::Triton, TRITON);
         let out = m.dir.join("model-conda.tar.gz");
-        let plan = plan(&m, &out, true).unwrap();
+        let plan = plan(&m, &out, true, false).unwrap();
         assert!(
             plan.new_text
                 .as_deref()
@@ -275,10 +287,15 @@ mod tests {
             Some("$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz")
         );
         // Now it points: nothing to write, no warning.
-        let again = super::plan(&m, &out, true).unwrap();
+        let again = super::plan(&m, &out, true, false).unwrap();
         assert!(again.points && again.new_text.is_none());
         assert!(!apply(&again).unwrap());
-        assert!(super::plan(&m, &out, false).unwrap().warnings.is_empty());
+        assert!(
+            super::plan(&m, &out, false, false)
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 
     #[test]
@@ -289,7 +306,7 @@ mod tests {
             Server::Triton,
             "parameters { key: \"EXECUTION_ENV_PATH\" value { string_value: \"$$TRITON_MODEL_DIRECTORY/old.tar.gz\" } }\n",
         );
-        let p = plan(&m, &m.dir.join("model-conda.tar.gz"), false).unwrap();
+        let p = plan(&m, &m.dir.join("model-conda.tar.gz"), false, false).unwrap();
         assert!(!p.points && p.new_text.is_none());
         assert_eq!(p.warnings.len(), 1);
         assert!(
@@ -311,7 +328,7 @@ mod tests {
         );
         fs_err::write(m.config_path(), abs).unwrap();
         assert!(
-            plan(&m, &m.dir.join("model-conda.tar.gz"), false)
+            plan(&m, &m.dir.join("model-conda.tar.gz"), false, false)
                 .unwrap()
                 .points
         );
@@ -326,13 +343,13 @@ mod tests {
             "{\n  \"name\": \"m\",\n  \"implementation\": \"model.M\"\n}\n",
         );
         let out = m.dir.join("environment.tar.gz");
-        let p = plan(&m, &out, false).unwrap();
+        let p = plan(&m, &out, false, false).unwrap();
         assert!(
             p.warnings[0]
                 .message
                 .contains("\"environment_tarball\": \"./environment.tar.gz\"")
         );
-        let p = plan(&m, &out, true).unwrap();
+        let p = plan(&m, &out, true, false).unwrap();
         apply(&p).unwrap();
         let text = fs_err::read_to_string(m.config_path()).unwrap();
         assert_eq!(
@@ -342,7 +359,7 @@ mod tests {
             Some("./environment.tar.gz")
         );
         assert!(text.starts_with("{\n  \"name\": \"m\",\n  \"implementation\": \"model.M\","));
-        assert!(plan(&m, &out, false).unwrap().points);
+        assert!(plan(&m, &out, false, false).unwrap().points);
     }
 
     #[test]
@@ -354,12 +371,12 @@ mod tests {
             "name: \"m\"\nparameters {\n",
         );
         let out = m.dir.join("model-conda.tar.gz");
-        let e = plan(&m, &out, true).unwrap_err();
+        let e = plan(&m, &out, true, false).unwrap_err();
         assert!(matches!(e, TargetError::Pbtxt { .. }));
         let source = std::error::Error::source(&e).unwrap().to_string();
         assert!(source.contains("line "), "{source}");
         // Without --write-config it is only a warning.
-        let p = plan(&m, &out, false).unwrap();
+        let p = plan(&m, &out, false, false).unwrap();
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
     }
 
@@ -368,12 +385,41 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let m = model(&t.path().join("m"), Server::Triton, TRITON);
         assert!(matches!(
-            plan(&m, &t.path().join("elsewhere.tar.gz"), true),
+            plan(&m, &t.path().join("elsewhere.tar.gz"), true, false),
             Err(TargetError::OutputOutsideModel { .. })
         ));
         assert_eq!(
-            value_for(&m, &m.dir.join("sub/../env.tar")).as_deref(),
+            value_for(&m, &m.dir.join("sub/../env.tar"), false).as_deref(),
             Some("$$TRITON_MODEL_DIRECTORY/env.tar")
         );
+    }
+
+    #[test]
+    fn shared_environments_are_reached_with_dot_dot() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("repo");
+        let tri = model(&root.join("a"), Server::Triton, TRITON);
+        let mls = model(&root.join("group/b"), Server::MlServer, "{\"name\": \"b\"}");
+        let shared = root.join("env-1234abcd.tar.gz");
+        assert_eq!(
+            value_for(&tri, &shared, true).as_deref(),
+            Some("$$TRITON_MODEL_DIRECTORY/../env-1234abcd.tar.gz")
+        );
+        assert_eq!(
+            value_for(&mls, &shared, true).as_deref(),
+            Some("../../env-1234abcd.tar.gz")
+        );
+        let p = plan(&tri, &shared, true, true).unwrap();
+        assert!(
+            p.new_text
+                .as_deref()
+                .is_some_and(|t| t.contains("$$TRITON_MODEL_DIRECTORY/../env-1234abcd.tar.gz")),
+            "{:?}",
+            p.new_text
+        );
+        assert!(apply(&p).unwrap());
+        // The server resolves it to the shared file.
+        let again = plan(&tri, &shared, false, true).unwrap();
+        assert!(again.points, "{:?}", again.warnings);
     }
 }

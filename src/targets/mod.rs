@@ -68,6 +68,13 @@ pub enum TargetError {
         #[source]
         source: model_settings::ModelSettingsError,
     },
+    /// Shared environment folders inside the model repository (Triton takes any folder there
+    /// for a model).
+    #[error("{} is inside the model repository: Triton would take a shared environment folder there for a model", dir.display())]
+    SharedFolderInRepository {
+        /// The folder asked for.
+        dir: PathBuf,
+    },
     /// `--write-config` with a tarball outside the model folder.
     #[error("{} is outside the model folder {}: its config cannot point at it portably", output.display(), model.display())]
     OutputOutsideModel {
@@ -173,6 +180,9 @@ impl TargetError {
             }
             TargetError::ModelSettings { .. } => {
                 "fix the file (MLServer would reject it too), or set parameters.environment_tarball by hand and pack without --write-config".into()
+            }
+            TargetError::SharedFolderInRepository { .. } => {
+                "name a folder outside the repository with --env-dir (the configs reach it with ../), or pack tarballs".into()
             }
             TargetError::OutputOutsideModel { .. } => {
                 "write the tarball into the model folder (-o NAME), or pack without --write-config".into()
@@ -429,16 +439,39 @@ fn find_models(
     Ok(())
 }
 
+/// How far up from a model its environment file is looked for: the outermost of the
+/// repository `root`, the version-control root holding the model (a folder with `.git` or
+/// `.hg`), and `cwd` when the model lies below it. Never above all of them, so a template
+/// layout (`src/environment.yml` beside `src/models/`) is found from the project root, from
+/// `src/` and from `src/models/` alike.
+#[must_use]
+pub fn project_boundary(model_dir: &Path, root: &Path, cwd: &Path) -> PathBuf {
+    let vcs = model_dir
+        .ancestors()
+        .find(|d| d.join(".git").exists() || d.join(".hg").exists());
+    let below_cwd = model_dir.starts_with(cwd).then_some(cwd);
+    [Some(root), vcs, below_cwd]
+        .into_iter()
+        .flatten()
+        .filter(|d| model_dir.starts_with(d))
+        .min_by_key(|d| d.components().count())
+        .unwrap_or(root)
+        .to_path_buf()
+}
+
 /// The files looked for as the environment file of the model in `model_dir`, in order: each of
 /// [`spec::FILE_NAMES`] in the model folder, then in each parent folder up to and including
-/// `root` (the repository root). A `model_dir` outside `root` looks in its own folder only.
+/// `boundary` (see [`project_boundary`]); then [`spec::REQUIREMENTS`] the same way. A
+/// `model_dir` outside `boundary` looks in its own folder only.
 #[must_use]
-pub fn environment_file_candidates(model_dir: &Path, root: &Path) -> Vec<PathBuf> {
+pub fn environment_file_candidates(model_dir: &Path, boundary: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in model_dir.ancestors() {
-        out.extend(spec::FILE_NAMES.iter().map(|n| dir.join(n)));
-        if dir == root || !dir.starts_with(root) {
-            break;
+    for names in [&spec::FILE_NAMES[..], &[spec::REQUIREMENTS]] {
+        for dir in model_dir.ancestors() {
+            out.extend(names.iter().map(|n| dir.join(n)));
+            if dir == boundary || !dir.starts_with(boundary) {
+                break;
+            }
         }
     }
     out
@@ -555,13 +588,16 @@ mod tests {
                 root.join("group/environment.yaml"),
                 root.join("environment.yml"),
                 root.join("environment.yaml"),
+                model.join("requirements.txt"),
+                root.join("group/requirements.txt"),
+                root.join("requirements.txt"),
             ]
         );
         // Nothing above the root counts.
         touch(&root.parent().unwrap().join("environment.yml"));
         assert!(matches!(
             find_environment_file(&model, &root),
-            Err(TargetError::NoEnvironmentFile { ref searched, .. }) if searched.len() == 6
+            Err(TargetError::NoEnvironmentFile { ref searched, .. }) if searched.len() == 9
         ));
         touch(&root.join("environment.yml"));
         assert_eq!(
@@ -582,6 +618,45 @@ mod tests {
         assert_eq!(
             find_environment_file(&model, &root).unwrap(),
             model.join("environment.yml")
+        );
+    }
+
+    #[test]
+    fn the_walk_stops_at_the_project_boundary() {
+        let t = tempfile::tempdir().unwrap();
+        let project = fs_err::canonicalize(t.path()).unwrap().join("project");
+        let model = project.join("src/models/modelA");
+        fs_err::create_dir_all(&model).unwrap();
+        let models = project.join("src/models");
+        // No version control: the folder the command runs in, when the model is below it.
+        assert_eq!(project_boundary(&model, &models, &project), project);
+        assert_eq!(
+            project_boundary(&model, &models, &project.join("src")),
+            project.join("src")
+        );
+        // Run from elsewhere: the repository root.
+        assert_eq!(
+            project_boundary(&model, &models, &project.with_file_name("elsewhere")),
+            models
+        );
+        // A git checkout: its root, from wherever below it.
+        fs_err::create_dir_all(project.join(".git")).unwrap();
+        assert_eq!(project_boundary(&model, &models, &models), project);
+        touch(&project.join("src/environment.yml"));
+        assert_eq!(
+            find_environment_file(&model, &project_boundary(&model, &models, &models)).unwrap(),
+            project.join("src/environment.yml")
+        );
+        // A requirements file counts only when no environment file is found.
+        touch(&model.join("requirements.txt"));
+        assert_eq!(
+            find_environment_file(&model, &project).unwrap(),
+            project.join("src/environment.yml")
+        );
+        fs_err::remove_file(project.join("src/environment.yml")).unwrap();
+        assert_eq!(
+            find_environment_file(&model, &project).unwrap(),
+            model.join("requirements.txt")
         );
     }
 
