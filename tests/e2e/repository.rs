@@ -245,8 +245,10 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
         format!("size {size}, copy per model {copies}"),
     )?;
 
-    // Triton loads all four, extracting each environment once.
+    // Triton loads all four, extracting each environment once: the python backend extracts
+    // into one folder per server, a subfolder per distinct archive.
     let triton = Triton::start(&servers, &repo, &dir.path().join("triton.log"))?;
+    let mut prefixes = std::collections::BTreeMap::new();
     for m in ["a_shared", "b_shared", "c_shared", "d_own"] {
         triton.wait_model_ready(m, Duration::from_mins(3))?;
         let info = infer_info(&triton, m)?;
@@ -258,11 +260,24 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
             format!("{m} ran from {}", prefix.display()),
         )?;
         ran_from(&info, &prefix)?;
+        prefixes.insert(m, prefix);
     }
-    let extractions = triton.extraction_dirs();
     ensure(
-        extractions.len() == 2,
-        format!("Triton extracted {extractions:?}"),
+        prefixes["a_shared"] == prefixes["b_shared"]
+            && prefixes["a_shared"] == prefixes["c_shared"]
+            && prefixes["a_shared"] != prefixes["d_own"],
+        format!("the models ran from {prefixes:?}"),
+    )?;
+    let extracted: Vec<std::path::PathBuf> = triton
+        .extraction_dirs()
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    ensure(
+        extracted.len() == 2,
+        format!("Triton extracted {extracted:?}"),
     )?;
     triton.stop()?;
     Ok(())
