@@ -368,11 +368,7 @@ pub fn pack_models(
             job.config = config::plan(&job.model, out, settings.write_config, true)?;
         }
     }
-    let mut notices = files_found_above(settings, &jobs);
-    for w in jobs.iter().flat_map(|j| &j.config.warnings) {
-        reporter.on_notice(w);
-        notices.push(w.clone());
-    }
+    let mut notices = planned_notices(settings, &jobs, reporter);
 
     let mut seconds = vec![0.0; jobs.len()];
     let environments: Vec<Summary> = if settings.dry_run {
@@ -493,6 +489,16 @@ fn dry_run_checks(
         notices.extend(check_users(settings, &facts, &jobs[leader], &users, root)?);
     }
     Ok(notices)
+}
+
+/// What the plan has to say, reported: which files the models use, and their configs.
+fn planned_notices(settings: &Settings, jobs: &[Job], reporter: &SharedReporter) -> Vec<Notice> {
+    let mut notices = files_found_above(settings, jobs);
+    notices.extend(jobs.iter().flat_map(|j| j.config.warnings.iter().cloned()));
+    for n in &notices {
+        reporter.on_notice(n);
+    }
+    notices
 }
 
 /// The notes that say which environment file models use, where it was found above the model

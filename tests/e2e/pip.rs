@@ -20,6 +20,11 @@ pub fn cases() -> Vec<Case> {
             run: console_script_of_a_pip_dependency_runs_from_the_extracted_environment,
         },
         Case {
+            name: "pip::a_requirements_file_beside_the_models_is_packed_for_a_model",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: a_requirements_file_beside_the_models_is_packed_for_a_model,
+        },
+        Case {
             name: "pip::uv_on_path_installs_the_pip_section",
             needs: &[Needs::Channel, Needs::Servers],
             run: uv_on_path_installs_the_pip_section,
@@ -249,6 +254,58 @@ fn uv_on_path_installs_the_pip_section() -> Result<(), Failed> {
     ensure(
         String::from_utf8_lossy(&out.stdout).contains("moo"),
         "cowsay did not speak",
+    )?;
+    Ok(())
+}
+
+/// The templates' other layout: a `requirements.txt` at the project root, no environment file.
+/// It becomes python=X.Y and pip from the channel, the file installed as the pip: section.
+fn a_requirements_file_beside_the_models_is_packed_for_a_model() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let project = dir.path().join("project");
+    let model = project.join("models/m");
+    std::fs::create_dir_all(&model)?;
+    std::fs::write(
+        model.join("config.pbtxt"),
+        "name: \"m\"\nbackend: \"python\"\n",
+    )?;
+    std::fs::create_dir_all(project.join(".git"))?;
+    std::fs::write(
+        project.join("requirements.txt"),
+        format!(
+            "--no-index\n--find-links {}\ncowsay==6.1\n",
+            servers.wheels().display()
+        ),
+    )?;
+    let out = run_ok(
+        envpack()
+            .current_dir(project.join("models"))
+            .args([
+                "pack",
+                "m",
+                "--python",
+                "3.11",
+                "--no-check",
+                "--json",
+                "-q",
+            ])
+            .args(["--mirror", &mirror_arg()]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let used = report["models"][0]["environment_file"]
+        .as_str()
+        .unwrap_or_default();
+    ensure(
+        used.ends_with("project/requirements.txt"),
+        format!("environment file {used}"),
+    )?;
+    let extracted = tempfile::tempdir()?;
+    support::extract(&model.join("model-conda.tar.gz"), extracted.path());
+    let said = support::sh("bin/cowsay -t moo && bin/python -V", extracted.path());
+    ensure(
+        said.contains("moo") && said.contains("Python 3.11"),
+        format!("cowsay said {said}"),
     )?;
     Ok(())
 }

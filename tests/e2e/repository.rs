@@ -206,7 +206,7 @@ fn shared_environment_is_built_once_and_every_model_loads() -> Result<(), Failed
         shared[0].starts_with("triton-model-"),
         format!("named from the environment: {shared:?}"),
     )?;
-    let all: Vec<String> = tree(&repo)
+    let all: Vec<String> = files(&repo)
         .into_iter()
         .filter(|f| f.ends_with(".tar.gz"))
         .collect();
@@ -298,7 +298,7 @@ fn shared_folder_beside_the_repository_is_used_in_place() -> Result<(), Failed> 
         c
     };
     // Inside the repository Triton would take the folder for a model: refused, nothing written.
-    let before = tree(&repo);
+    let before = files(&repo);
     let err = support::run_err(&mut pack(&[
         "--env-dir",
         repo.join("envs").to_str().unwrap(),
@@ -308,7 +308,7 @@ fn shared_folder_beside_the_repository_is_used_in_place() -> Result<(), Failed> 
         err.contains("inside the model repository"),
         format!("stderr: {err}"),
     )?;
-    ensure(tree(&repo) == before, "a refused run wrote")?;
+    ensure(files(&repo) == before, "a refused run wrote")?;
 
     run_ok(&mut pack(&[]));
     let beside: Vec<String> = std::fs::read_dir(dir.path())?

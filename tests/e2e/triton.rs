@@ -21,6 +21,11 @@ pub fn cases() -> Vec<Case> {
             run: tarball_from_write_config_runs_in_triton_extraction,
         },
         Case {
+            name: "triton::template_layout_packs_from_the_project_root_and_serves",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: template_layout_packs_from_the_project_root_and_serves,
+        },
+        Case {
             name: "triton::folder_form_runs_in_place",
             needs: &[Needs::Channel, Needs::Servers],
             run: folder_form_runs_in_place,
@@ -237,5 +242,35 @@ fn folder_form_runs_in_place() -> Result<(), Failed> {
     let info = infer_info(&triton, "double_dir")?;
     // A folder is used in place: the model runs from it, not from a copy.
     ran_from(&info, &env)?;
+    stop_and_check_cleanup(triton)
+}
+
+/// The Triton template's layout: `src/environment.yml` beside `src/models/modelA`, packed with
+/// the command users run from the project root, then served.
+fn template_layout_packs_from_the_project_root_and_serves() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let project = dir.path().join("project");
+    let models = project.join("src/models");
+    write_model(&models, "modelA");
+    std::fs::create_dir_all(project.join(".git"))?;
+    std::fs::write(project.join("src/environment.yml"), TRITON_ENV)?;
+    let out = run_ok(
+        envpack()
+            .current_dir(&project)
+            .args(["pack", "src/models/modelA", "--write-config", "-q"])
+            .args(["--mirror", &mirror_arg()]),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        said.contains("modelA uses") && said.contains("src/environment.yml"),
+        format!("stderr: {said}"),
+    )?;
+    ensure(
+        models.join("modelA/model-conda.tar.gz").is_file(),
+        "no model-conda.tar.gz",
+    )?;
+    let triton = start(&servers, &models, &dir.path().join("triton.log"), "modelA")?;
+    infer_info(&triton, "modelA")?;
     stop_and_check_cleanup(triton)
 }
