@@ -1,7 +1,7 @@
 //! The error of a whole run: one variant per stage, each with its own typed error, and what
 //! the user can do about it. The binary renders it once, with its causes and a hint.
 
-use crate::{channels, install, pack, settings, solve, spec, targets};
+use crate::{channels, install, manifest, pack, settings, solve, spec, targets};
 
 /// Every error envpack reports.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum Error {
     /// Packing.
     #[error(transparent)]
     Pack(#[from] pack::PackError),
+    /// The manifest of an existing output.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
     /// Triton and MLServer models.
     #[error(transparent)]
     Target(#[from] targets::TargetError),

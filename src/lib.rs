@@ -18,6 +18,7 @@ mod channels;
 mod cleanup;
 mod error;
 mod install;
+mod manifest;
 mod models;
 mod pack;
 mod paths;
@@ -88,6 +89,7 @@ mod layering {
         ("cleanup", 0),
         ("spec", 1),
         ("channels", 1),
+        ("manifest", 1),
         ("solve", 2),
         ("install", 2),
         ("pack", 2),

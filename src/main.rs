@@ -130,6 +130,12 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     if json {
         serde_json::to_writer_pretty(&mut out, s)?;
         writeln!(out)
+    } else if s.up_to_date {
+        if quiet {
+            Ok(())
+        } else {
+            writeln!(out, "up to date: {}", s.output.display())
+        }
     } else if s.dry_run {
         writeln!(
             out,

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::channels::UrlRewrites;
 use crate::error::Error;
 use crate::install;
+use crate::manifest::{self, Manifest};
 use crate::pack::{self, Format, PackError, PackPlan};
 use crate::report::{Notice, SharedReporter, Stage, Timings};
 use crate::settings::Settings;
@@ -68,6 +69,10 @@ pub struct Summary {
     pub notices: Vec<Notice>,
     /// Nothing was written.
     pub dry_run: bool,
+    /// The output was there with the same digest: nothing was written.
+    pub up_to_date: bool,
+    /// The digest of the output's inputs (its manifest's), when known before writing.
+    pub digest: Option<String>,
     /// Seconds per stage.
     pub timings: Timings,
 }
@@ -164,7 +169,49 @@ impl Solved {
             relocated_files: 0,
             notices: Vec::new(),
             dry_run: settings.dry_run,
+            up_to_date: false,
+            digest: None,
             timings: self.timings.clone(),
+        }
+    }
+
+    /// The digest of the output this environment packs to with `options`: its identity, the
+    /// options that change bytes, the platform and envpack's version.
+    #[must_use]
+    pub fn digest(&self, settings: &Settings, options: &pack::PackOptions) -> String {
+        let mut h = manifest::Hasher::default();
+        h.line(concat!("envpack ", env!("CARGO_PKG_VERSION")))
+            .line("source environment")
+            .line(settings.platform.as_str())
+            .line(&self.identity())
+            .line(&options.fingerprint());
+        h.finish()
+    }
+
+    /// The manifest of this environment's output.
+    #[must_use]
+    pub fn manifest(&self, settings: &Settings, digest: String, format: Format) -> Manifest {
+        let mut packages: Vec<manifest::Package> = self
+            .packages
+            .iter()
+            .map(|p| manifest::Package {
+                build: p.build.clone(),
+                name: p.name.clone(),
+                size: p.size,
+                version: p.version.clone(),
+            })
+            .collect();
+        packages.sort_by(|a, b| a.name.cmp(&b.name));
+        Manifest {
+            digest,
+            envpack: env!("CARGO_PKG_VERSION").into(),
+            format: format.name().into(),
+            python: Manifest::python_of(&packages),
+            packages,
+            pip: self.env.pip.clone(),
+            platform: settings.platform.to_string(),
+            schema: manifest::SCHEMA,
+            source: "environment".into(),
         }
     }
 }
@@ -318,10 +365,10 @@ impl<'a> Pipeline<'a> {
         reporter: &SharedReporter,
     ) -> Result<(), Error> {
         summary.timings.extend(&staged.timings);
-        let mut options = self.settings.pack.clone();
-        options.format = summary.format;
-        options.url_rewrites.clone_from(&solved.rewrites);
-        options.variables.clone_from(&solved.env.variables);
+        let mut options = self.options_for(solved, summary.format);
+        let digest = solved.digest(self.settings, &options);
+        options.manifest = Some(solved.manifest(self.settings, digest.clone(), summary.format));
+        summary.digest = Some(digest);
         let plan = self.plan(&staged.prefix, &options, &mut summary.timings, reporter)?;
         summary.size = self.execute(&plan, &summary.output, &mut summary.timings, reporter)?;
         summary.members = plan.members.len();
@@ -370,12 +417,46 @@ impl<'a> Pipeline<'a> {
         let output = output.unwrap_or_else(|| {
             default_output(self.settings, env.name.as_deref().unwrap_or("environment"))
         });
-        check_output(self.settings, &output)?;
+        let existing = check_output(self.settings, &output)?;
         let solved = self.solve(env, reporter)?;
+        let format = self.settings.pack.format;
+        if let Some(summary) = self.up_to_date(&solved, existing.as_ref(), &output, format)? {
+            return Ok(summary);
+        }
         if self.settings.dry_run {
-            return Ok(solved.summary(self.settings, output, self.settings.pack.format));
+            return Ok(solved.summary(self.settings, output, format));
         }
         self.build(&solved, output, check, reporter)
+    }
+
+    /// The options `solved` is packed with into `format`.
+    #[must_use]
+    pub fn options_for(&self, solved: &Solved, format: Format) -> pack::PackOptions {
+        let mut options = self.settings.pack.clone();
+        options.format = format;
+        options.url_rewrites.clone_from(&solved.rewrites);
+        options.variables.clone_from(&solved.env.variables);
+        options
+    }
+
+    /// When `existing` (the manifest of the output there) has the digest `solved` packs to in
+    /// `format`: the summary of that output, nothing to write.
+    pub fn up_to_date(
+        &self,
+        solved: &Solved,
+        existing: Option<&Manifest>,
+        output: &Path,
+        format: Format,
+    ) -> Result<Option<Summary>, Error> {
+        let digest = solved.digest(self.settings, &self.options_for(solved, format));
+        if existing.is_none_or(|m| m.digest != digest) {
+            return Ok(None);
+        }
+        let mut summary = solved.summary(self.settings, output.to_path_buf(), format);
+        summary.size = output_size(output)?;
+        summary.up_to_date = true;
+        summary.digest = Some(digest);
+        Ok(Some(summary))
     }
 
     /// Packs an existing environment (`--prefix`).
@@ -389,11 +470,24 @@ impl<'a> Pipeline<'a> {
             .output
             .clone()
             .unwrap_or_else(|| default_output(settings, &name));
-        check_output(settings, &output)?;
+        let existing = check_output(settings, &output)?;
         let mut timings = Timings::default();
         let mut options = settings.pack.clone();
         options.filters.extend(output_inside(prefix, &output));
-        let plan = self.plan(prefix, &options, &mut timings, reporter)?;
+        let mut notices = Vec::new();
+        if existing.is_some() {
+            // Files pip or a user changed in a prefix leave no trace in its records: no digest
+            // of it is cheap and safe, so a prefix is always packed again.
+            let n = Notice::note(format!(
+                "{} was written by envpack: replaced (packs of --prefix are not incremental)",
+                output.display()
+            ));
+            reporter.on_notice(&n);
+            notices.push(n);
+        }
+        let digest = prefix_manifest(settings, prefix, &mut options)?;
+        let mut plan = self.plan(prefix, &options, &mut timings, reporter)?;
+        plan.warnings.extend(notices);
         let size = if settings.dry_run {
             0
         } else {
@@ -423,6 +517,8 @@ impl<'a> Pipeline<'a> {
             relocated_files: plan.relocations.len(),
             notices: plan.warnings,
             dry_run: settings.dry_run,
+            up_to_date: false,
+            digest: Some(digest),
             timings,
         })
     }
@@ -472,14 +568,26 @@ fn http_client() -> Result<rattler_networking::LazyClient, Error> {
     }))
 }
 
-/// Checks, before any work, that `output` may be written.
-pub fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
-    if output.exists() && !settings.force && !settings.dry_run {
-        return Err(PackError::OutputExists {
-            path: output.to_path_buf(),
+/// Checks, before any work, that `output` may be written: it does not exist, or envpack wrote
+/// it (it carries a manifest, returned: the output is up to date when the digest matches,
+/// else it is replaced), or `--force`. With `--force` the manifest is not read: everything is
+/// redone.
+pub fn check_output(settings: &Settings, output: &Path) -> Result<Option<Manifest>, Error> {
+    let existing = if settings.force || fs_err::symlink_metadata(output).is_err() {
+        None
+    } else {
+        // Unreadable or foreign: not envpack's.
+        match manifest::read(output) {
+            Ok(Some(m)) => Some(m),
+            Ok(None) | Err(_) if settings.dry_run => None,
+            Ok(None) | Err(_) => {
+                return Err(PackError::OutputExists {
+                    path: output.to_path_buf(),
+                }
+                .into());
+            }
         }
-        .into());
-    }
+    };
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
@@ -488,7 +596,30 @@ pub fn check_output(settings: &Settings, output: &Path) -> Result<(), Error> {
         }
         .into());
     }
-    Ok(())
+    Ok(existing)
+}
+
+/// The size of an output: a file's length, or the bytes of a folder's files.
+pub fn output_size(output: &Path) -> Result<u64, Error> {
+    fn walk(dir: &Path) -> std::io::Result<u64> {
+        let mut total = 0;
+        for e in fs_err::read_dir(dir)? {
+            let e = e?;
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                total += walk(&e.path())?;
+            } else if ty.is_file() {
+                total += e.metadata()?.len();
+            }
+        }
+        Ok(total)
+    }
+    let meta = fs_err::metadata(output).map_err(PackError::from)?;
+    Ok(if meta.is_dir() {
+        walk(output).map_err(PackError::from)?
+    } else {
+        meta.len()
+    })
 }
 
 /// `<name><extension>` in the current folder.
@@ -497,6 +628,57 @@ pub fn default_output(settings: &Settings, name: &str) -> PathBuf {
     settings
         .cwd
         .join(format!("{name}{}", settings.pack.format.extension()))
+}
+
+/// Puts the manifest of an existing prefix into `options`: its packages from its conda
+/// records, its digest from their contents and the options. Returns the digest.
+fn prefix_manifest(
+    settings: &Settings,
+    prefix: &Path,
+    options: &mut pack::PackOptions,
+) -> Result<String, Error> {
+    let meta = prefix.join("conda-meta");
+    let mut names: Vec<String> = Vec::new();
+    if meta.is_dir() {
+        for e in fs_err::read_dir(&meta).map_err(PackError::from)? {
+            let name = e.map_err(PackError::from)?.file_name();
+            let name = name.to_string_lossy();
+            if manifest::is_record(&format!("conda-meta/{name}")) {
+                names.push(name.into_owned());
+            }
+        }
+    }
+    names.sort();
+    let mut h = manifest::Hasher::default();
+    h.line(concat!("envpack ", env!("CARGO_PKG_VERSION")))
+        .line("source prefix")
+        .line(settings.platform.as_str());
+    let mut packages = Vec::new();
+    for n in &names {
+        let bytes = fs_err::read(meta.join(n)).map_err(PackError::from)?;
+        h.line(n).bytes(&bytes);
+        if let Some(r) = manifest::Record::parse(&bytes) {
+            packages.push(r.package());
+        }
+    }
+    for (k, v) in &options.variables {
+        h.line(&format!("{k}={v}"));
+    }
+    h.line(&options.fingerprint());
+    let digest = h.finish();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    options.manifest = Some(Manifest {
+        digest: digest.clone(),
+        envpack: env!("CARGO_PKG_VERSION").into(),
+        format: options.format.name().into(),
+        python: Manifest::python_of(&packages),
+        packages,
+        pip: Vec::new(),
+        platform: settings.platform.to_string(),
+        schema: manifest::SCHEMA,
+        source: "prefix".into(),
+    });
+    Ok(digest)
 }
 
 /// When the output is written inside the environment being packed, an earlier output and
@@ -562,6 +744,28 @@ mod tests {
             variables: Vec::new(),
             digest: String::new(),
         }
+    }
+
+    #[test]
+    fn a_pip_line_or_a_variable_changes_the_identity() {
+        let solved = |pip: &[&str], vars: &[(&str, &str)]| Solved {
+            env: EnvironmentSpec {
+                variables: vars
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+                ..env(&["conda-forge"], pip)
+            },
+            records: Vec::new(),
+            packages: Vec::new(),
+            rewrites: UrlRewrites::default(),
+            timings: Timings::default(),
+        };
+        let base = solved(&["six==1.16.0"], &[]).identity();
+        assert_eq!(base, solved(&["six==1.16.0"], &[]).identity());
+        assert_ne!(base, solved(&["six==1.17.0"], &[]).identity());
+        assert_ne!(base, solved(&["six==1.16.0", "idna"], &[]).identity());
+        assert_ne!(base, solved(&["six==1.16.0"], &[("A", "1")]).identity());
     }
 
     #[test]

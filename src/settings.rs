@@ -2,7 +2,7 @@
 //!
 //! The binary parses arguments into a [`Request`]; [`Settings::resolve`] applies defaults and
 //! reads the process environment, through the function it is given: `ENVPACK_*`,
-//! `CONDA_OVERRIDE_*`, `PATH` (for uv), `HOME` and `TMPDIR`. Nothing else in the library reads
+//! `CONDA_OVERRIDE_*`, `SOURCE_DATE_EPOCH`, `PATH` (for uv), `HOME` and `TMPDIR`. Nothing else in the library reads
 //! the environment or the current folder (`cwd` is given too).
 
 use std::path::{Path, PathBuf};
@@ -111,6 +111,12 @@ pub enum SettingsError {
     FileWithoutModel {
         /// PATH.
         path: PathBuf,
+    },
+    /// A `SOURCE_DATE_EPOCH` that is not a number of seconds.
+    #[error("SOURCE_DATE_EPOCH must be a whole number of seconds since 1970, not `{value}`")]
+    SourceDateEpoch {
+        /// The value given.
+        value: String,
     },
     /// The environment file named or looked for.
     #[error(transparent)]
@@ -347,6 +353,13 @@ impl Settings {
                     .map(std::num::NonZero::get)
             })
             .unwrap_or(1);
+        let mtime = match env("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| SettingsError::SourceDateEpoch { value: v.clone() })?,
+            None => crate::pack::archive::MTIME,
+        };
         let parallel = req
             .parallel
             .filter(|n| *n > 0)
@@ -374,6 +387,8 @@ impl Settings {
                 ignore_missing_files: req.ignore_missing_files,
                 ignore_editable_packages: req.ignore_editable_packages,
                 variables: Vec::new(),
+                mtime,
+                manifest: None,
             },
             model_file: if models {
                 req.file.map(|f| cwd.join(f))

@@ -16,7 +16,8 @@ use super::relocate;
 use super::{Body, Member, PackError, PackPlan};
 use crate::report::{SharedReporter, Stage};
 
-/// The modification time of every member: the archive must not depend on when it was built.
+/// The modification time of every member unless `SOURCE_DATE_EPOCH` says otherwise: the
+/// archive must not depend on when it was built.
 pub const MTIME: u64 = 0;
 
 /// A counting writer that reports progress in bytes of tar stream.
@@ -168,12 +169,12 @@ pub fn tar_size(plan: &PackPlan) -> u64 {
     members + 1024
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
-    h.set_mtime(MTIME);
+    h.set_mtime(mtime);
     h.set_uid(0);
     h.set_gid(0);
     h
@@ -181,7 +182,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 
 /// Writes a GNU long-name (or long-link) record when `name` does not fit in the header.
 fn long_name(w: &mut impl Write, kind: tar::EntryType, name: &[u8]) -> io::Result<()> {
-    let mut h = header(kind, 0o644, name.len() as u64 + 1);
+    let mut h = header(kind, 0o644, name.len() as u64 + 1, MTIME);
     h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
     h.set_cksum();
     w.write_all(h.as_bytes())?;
@@ -227,13 +228,13 @@ fn write_member(w: &mut impl Write, plan: &PackPlan, m: &Member) -> io::Result<(
     match &m.body {
         Body::Dir => write_header(
             w,
-            header(tar::EntryType::Directory, 0o755, 0),
+            header(tar::EntryType::Directory, 0o755, 0, plan.mtime),
             &format!("{name}/"),
             None,
         ),
         Body::Symlink(target) => write_header(
             w,
-            header(tar::EntryType::Symlink, 0o777, 0),
+            header(tar::EntryType::Symlink, 0o777, 0, plan.mtime),
             &name,
             Some(target),
         ),
@@ -244,6 +245,7 @@ fn write_member(w: &mut impl Write, plan: &PackPlan, m: &Member) -> io::Result<(
                     tar::EntryType::Regular,
                     mode(*executable),
                     data.len() as u64,
+                    plan.mtime,
                 ),
                 &name,
                 None,
@@ -259,7 +261,12 @@ fn write_member(w: &mut impl Write, plan: &PackPlan, m: &Member) -> io::Result<(
         } => {
             write_header(
                 w,
-                header(tar::EntryType::Regular, mode(*executable), *size),
+                header(
+                    tar::EntryType::Regular,
+                    mode(*executable),
+                    *size,
+                    plan.mtime,
+                ),
                 &name,
                 None,
             )?;
@@ -327,6 +334,10 @@ pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Resu
             Body::Dir => fs_err::create_dir_all(&dest).map_err(io_err)?,
             Body::Symlink(target) => std::os::unix::fs::symlink(target, &dest).map_err(io_err)?,
             Body::Generated { data, executable } => {
+                // The manifest comes before its folder.
+                if let Some(parent) = dest.parent() {
+                    fs_err::create_dir_all(parent).map_err(io_err)?;
+                }
                 fs_err::write(&dest, data).map_err(io_err)?;
                 fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(mode(*executable)))
                     .map_err(io_err)?;

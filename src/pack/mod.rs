@@ -201,6 +201,33 @@ pub struct PackOptions {
     pub ignore_editable_packages: bool,
     /// The environment file's `variables:`.
     pub variables: Vec<(String, String)>,
+    /// The modification time of every member (`SOURCE_DATE_EPOCH`, else
+    /// [`archive::MTIME`]).
+    pub mtime: u64,
+    /// The manifest, written as the first member.
+    pub manifest: Option<crate::manifest::Manifest>,
+}
+
+impl PackOptions {
+    /// The options that change the output's bytes, as text for a digest. The variables are
+    /// not here: they belong to the environment.
+    #[must_use]
+    pub fn fingerprint(&self) -> String {
+        let arcroot = self
+            .arcroot
+            .as_deref()
+            .map(|r| r.trim_matches('/'))
+            .filter(|r| !r.is_empty());
+        format!(
+            "format={}\ncompression={:?}\narcroot={arcroot:?}\ndest-prefix={:?}\nfilters={:?}\nauto-relocate={}\nmtime={}\n",
+            self.format,
+            archive::compression_for(self.format, self.level),
+            self.dest_prefix.as_deref().map(|d| d.trim_end_matches('/')),
+            self.filters,
+            self.auto_relocate,
+            self.mtime,
+        )
+    }
 }
 
 impl Default for PackOptions {
@@ -216,6 +243,8 @@ impl Default for PackOptions {
             ignore_missing_files: false,
             ignore_editable_packages: false,
             variables: Vec::new(),
+            mtime: archive::MTIME,
+            manifest: None,
         }
     }
 }
@@ -279,6 +308,8 @@ pub struct PackPlan {
     pub format: Format,
     /// Compression level.
     pub level: Option<i32>,
+    /// The modification time of every member.
+    pub mtime: u64,
 }
 
 impl PackPlan {
@@ -412,6 +443,19 @@ pub fn plan(
             },
         );
     }
+    if let Some(m) = &options.manifest {
+        // First of all: reading it takes one header.
+        members.insert(
+            0,
+            Member {
+                path: crate::manifest::PATH.to_string(),
+                body: Body::Generated {
+                    data: m.to_bytes(),
+                    executable: false,
+                },
+            },
+        );
+    }
     Ok(PackPlan {
         prefix,
         source_prefix,
@@ -423,6 +467,7 @@ pub fn plan(
         format: options.format,
         level: options.level,
         packages: records.packages,
+        mtime: options.mtime,
     })
 }
 
@@ -500,7 +545,11 @@ fn replaced_or_runtime(p: &str) -> bool {
     scripts::GENERATED.contains(&p)
         || matches!(
             p,
-            "bin/conda" | "CACHEDIR.TAG" | "conda-meta/history" | "conda-meta/state"
+            "bin/conda"
+                | "CACHEDIR.TAG"
+                | "conda-meta/history"
+                | "conda-meta/state"
+                | crate::manifest::PATH
         )
         || p == scripts::DATA_DIR
         || p.starts_with("share/envpack/")
