@@ -263,9 +263,15 @@ pub struct Record {
     /// Package archive size.
     #[serde(default)]
     pub size: Option<u64>,
-    /// Files it installed, relative to the prefix.
+    /// The package's URL.
     #[serde(default)]
-    pub files: Vec<String>,
+    pub url: Option<String>,
+    /// Its SHA-256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Its MD5.
+    #[serde(default)]
+    pub md5: Option<String>,
 }
 
 impl Record {
@@ -273,6 +279,20 @@ impl Record {
     #[must_use]
     pub fn parse(bytes: &[u8]) -> Option<Record> {
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// What identifies the package (not where it was installed): for digests.
+    #[must_use]
+    pub fn identity(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.name,
+            self.version,
+            self.build,
+            self.url.as_deref().unwrap_or(""),
+            self.sha256.as_deref().unwrap_or(""),
+            self.md5.as_deref().unwrap_or("")
+        )
     }
 
     /// Its package, for the manifest.

@@ -631,7 +631,7 @@ pub fn default_output(settings: &Settings, name: &str) -> PathBuf {
 }
 
 /// Puts the manifest of an existing prefix into `options`: its packages from its conda
-/// records, its digest from their contents and the options. Returns the digest.
+/// records, its digest from the packages they name and the options. Returns the digest.
 fn prefix_manifest(
     settings: &Settings,
     prefix: &Path,
@@ -654,11 +654,18 @@ fn prefix_manifest(
         .line("source prefix")
         .line(settings.platform.as_str());
     let mut packages = Vec::new();
+    // What the records say about the packages, not where they were installed (records hold
+    // the prefix's path).
     for n in &names {
         let bytes = fs_err::read(meta.join(n)).map_err(PackError::from)?;
-        h.line(n).bytes(&bytes);
-        if let Some(r) = manifest::Record::parse(&bytes) {
-            packages.push(r.package());
+        match manifest::Record::parse(&bytes) {
+            Some(r) => {
+                h.line(&r.identity());
+                packages.push(r.package());
+            }
+            None => {
+                h.line(n).bytes(&bytes);
+            }
         }
     }
     for (k, v) in &options.variables {

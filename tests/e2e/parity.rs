@@ -90,6 +90,7 @@ fn own_addition(rel: &str) -> bool {
             | "bin/conda_unpack_progress.py"
             | "CACHEDIR.TAG"
             | "share/envpack"
+            | "conda-meta/envpack.json"
     ) || rel.starts_with("share/envpack/")
         || rel.ends_with("site-packages/_envpack_relocate.py")
         || rel.ends_with("site-packages/envpack-relocate.pth")

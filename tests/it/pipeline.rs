@@ -206,7 +206,14 @@ fn format_follows_the_extension() {
     // The folder holds what the archives hold.
     let t = f.path().join("from-tar");
     extract(&f.path().join("env.tar"), &t);
-    assert_eq!(snapshot(&dir), snapshot(&t));
+    // The same but for the format the manifest names.
+    let manifest = "conda-meta/envpack.json";
+    let without = |root: &Path| {
+        let mut s = snapshot(root);
+        s.retain(|(rel, _)| rel != manifest);
+        s
+    };
+    assert_eq!(without(&dir), without(&t));
 }
 
 #[test]
