@@ -134,17 +134,17 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar",
         &[],
-        "48bb9c7ac6c95e11ddd854ae45be408a1e172db5259e381e18e820594b1bf177",
+        "c66fceedb030db748ff8d1f62f9039b5e27b35181459958024190bfb97f1c272",
     ),
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "f4a11bc9dfc3f2ca8f1c81eda2e504c6bedde9fb488ad6c0b26bc37001bd72a4",
+        "c32728ce54f5b9fd580b2cc3af70af5d1e983d607ea120e21cd2f02e42fc19d6",
     ),
     (
         "env.tar.zst",
         &["--compress-level", "3"],
-        "8f4c44f87eccfbc3d1f2a216b9572034902f44983aa51fa4ffe4f94d6089bc37",
+        "12b3f57624985a20f3a469bed3801f6ae8075cbcf7fdcbfd9689a6469afcd785",
     ),
 ];
 
