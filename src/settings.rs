@@ -322,13 +322,7 @@ impl Settings {
         }
         let virtual_packages = VirtualPackageSettings::resolve(req.glibc, req.cuda, env);
         virtual_packages.packages(platform)?;
-        let cache_dir = match req.cache_dir {
-            Some(c) => cwd.join(c),
-            None => env("ENVPACK_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| rattler_cache::default_cache_dir().ok())
-                .ok_or(SettingsError::NoCacheDir)?,
-        };
+        let cache_dir = cache_dir(req.cache_dir.as_deref(), env, cwd)?;
         let work_dir = req.work_dir.map_or_else(
             || {
                 PathBuf::from(
@@ -406,6 +400,21 @@ impl Settings {
             cwd: cwd.to_path_buf(),
             pip_tool: PipTool::detect(env("PATH").as_deref()),
         })
+    }
+}
+
+/// `--cache-dir`, `ENVPACK_CACHE_DIR`, or rattler's (shared with pixi).
+fn cache_dir(
+    given: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    cwd: &Path,
+) -> Result<PathBuf, SettingsError> {
+    match given {
+        Some(c) => Ok(cwd.join(c)),
+        None => env("ENVPACK_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| rattler_cache::default_cache_dir().ok())
+            .ok_or(SettingsError::NoCacheDir),
     }
 }
 

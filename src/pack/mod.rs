@@ -373,13 +373,7 @@ pub fn plan(
         |d| d.trim_end_matches('/').to_string(),
     );
     let records = walk::read_records(&prefix)?;
-    // `conda env config vars set` keeps its variables in `conda-meta/state`, which is made
-    // anew: carry them into activation unless the environment file gives its own.
-    let mut options = options.clone();
-    if options.variables.is_empty() {
-        options.variables = walk::state_variables(&prefix)?;
-    }
-    let options = &options;
+    let options = &with_state_variables(options, &prefix)?;
     let found = without_empty_clobber_dirs(walk::walk(&prefix, &options.filters)?);
     let mut warnings = check(&prefix, &found, &records, options)?;
     let hook_dir = options
@@ -469,6 +463,16 @@ pub fn plan(
         packages: records.packages,
         mtime: options.mtime,
     })
+}
+
+/// `conda env config vars set` keeps its variables in `conda-meta/state`, which is made anew:
+/// they are carried into activation unless the environment file gives its own.
+fn with_state_variables(options: &PackOptions, prefix: &Path) -> Result<PackOptions, PackError> {
+    let mut options = options.clone();
+    if options.variables.is_empty() {
+        options.variables = walk::state_variables(prefix)?;
+    }
+    Ok(options)
 }
 
 /// conda-pack's checks: editable installs and missing managed files are errors unless
