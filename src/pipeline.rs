@@ -115,7 +115,8 @@ pub struct Solved {
 impl Solved {
     /// A digest of everything that decides the archive's bytes: the package files, the `pip:`
     /// lines (with the folder relative paths in them are relative to) and the `variables:`.
-    /// Two environments with the same identity pack to the same tarball.
+    /// Two environments with the same identity pack to the same tarball, wherever their
+    /// packages were fetched from.
     #[must_use]
     pub fn identity(&self) -> String {
         let mut h = Sha256::new();
@@ -128,7 +129,12 @@ impl Solved {
                     .sha256
                     .map(|s| spec::hex(s.as_slice()))
                     .unwrap_or_default();
-                format!("{} {sha}", r.url)
+                // The canonical URL: where a mirror serves the package from is no part of it.
+                let url = self
+                    .rewrites
+                    .apply(r.url.as_str())
+                    .unwrap_or_else(|| r.url.to_string());
+                format!("{url} {sha}")
             })
             .collect();
         urls.sort();

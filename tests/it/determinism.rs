@@ -134,17 +134,17 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar",
         &[],
-        "c66fceedb030db748ff8d1f62f9039b5e27b35181459958024190bfb97f1c272",
+        "d9cf0494f4d29838ec9d00a6dcd2ca288a7aa0acd3fe74fc538a52ed5feb9d16",
     ),
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "c32728ce54f5b9fd580b2cc3af70af5d1e983d607ea120e21cd2f02e42fc19d6",
+        "bee117032b275cb0a8395a263582db5973152a133691f8b8525b9d89dce38199",
     ),
     (
         "env.tar.zst",
         &["--compress-level", "3"],
-        "12b3f57624985a20f3a469bed3801f6ae8075cbcf7fdcbfd9689a6469afcd785",
+        "5761d2f12daf3c3b627628420588ce06637a519980918ec9945d170230f85342",
     ),
 ];
 

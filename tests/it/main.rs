@@ -8,6 +8,7 @@
 //! - [`channels`]: channel names, aliases, relative paths, mirrors, HTTPS with credentials.
 //! - [`conda_pack`]: conda-pack's own suite ported, and the conda-pack bugs envpack must not have.
 //! - [`failures`]: errors the user sees, and that a failed or interrupted pack leaves nothing.
+//! - [`incremental`]: the manifest, no work when nothing changed, `SOURCE_DATE_EPOCH`.
 //! - [`models`]: Triton models and repositories: environment files found as the server
 //!   templates lay them out, shared environments, flags refused before any work.
 //! - [`determinism`]: the same bytes wherever and however packed, and a pinned digest.
@@ -28,6 +29,7 @@ mod channels;
 mod conda_pack;
 mod determinism;
 mod failures;
+mod incremental;
 mod models;
 mod pipeline;
 mod scripts;
