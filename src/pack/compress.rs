@@ -16,7 +16,7 @@
 //! * **None**: passthrough, still counted.
 //!
 //! Output bytes depend only on the input bytes, the [`Compression`] (kind and level) and the
-//! block size (a constant unless [`ParallelEncoder::with_block_size`] is used): never on the
+//! block size (a constant outside the tests): never on the
 //! number of threads, the pool, `max_in_flight`, or how the input was split into `write()`
 //! calls. Block cuts are made at fixed input offsets, a block is dispatched only once the next
 //! byte arrives (so the last block is always the one [`ParallelEncoder::finish`] sends), and

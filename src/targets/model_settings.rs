@@ -137,7 +137,7 @@ pub fn environment_tarball(text: &str) -> Result<Option<String>, ModelSettingsEr
 ///
 /// # Errors
 ///
-/// As [`environment_tarball`].
+/// When the text is not valid JSON of the shape MLServer reads.
 pub fn summary(text: &str) -> Result<ModelSettingsSummary, ModelSettingsError> {
     let root = validate(text)?;
     let environment_tarball = tarball_of(&root)?;
