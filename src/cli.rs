@@ -163,6 +163,11 @@ pub struct PackArgs {
     #[arg(long)]
     pub keep_work: bool,
 
+    /// For debugging: install into a staging prefix and pack it, even when the archive can be
+    /// written straight from the package cache (the result is the same archive).
+    #[arg(long, hide = true)]
+    pub via_prefix: bool,
+
     /// Threads for scanning and compression (default: all cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub threads: Option<usize>,
@@ -256,6 +261,7 @@ impl PackArgs {
             cache_dir: self.cache_dir.clone(),
             work_dir: self.work_dir.clone(),
             keep_work: self.keep_work,
+            via_prefix: self.via_prefix,
             threads: self.threads,
             dry_run: self.dry_run,
             force: self.force,

@@ -27,6 +27,15 @@ pub enum InstallError {
         #[source]
         source: rattler::install::InstallerError,
     },
+    /// A package could not be brought into the package cache.
+    #[error("cannot fetch {package} into the package cache")]
+    Fetch {
+        /// The package.
+        package: String,
+        /// The cache's error.
+        #[source]
+        source: rattler_cache::package_cache::PackageCacheError,
+    },
     /// The `pip:` section needs what the environment lacks.
     #[error("the `pip:` section cannot be installed: {reason}")]
     PipUnavailable {
@@ -56,6 +65,10 @@ pub enum InstallError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
+
+/// How the installer links files into a staging prefix, as its `conda-meta` records say.
+pub const LINK_TYPE: rattler_conda_types::prefix_record::LinkType =
+    rattler_conda_types::prefix_record::LinkType::Copy;
 
 /// Installs `records` into `prefix` (created if missing).
 pub async fn install_conda(
@@ -95,6 +108,89 @@ pub async fn install_conda(
     reporter.on_stage_end(Stage::Link);
     reporter.on_stage_end(Stage::Install);
     Ok(())
+}
+
+/// Brings `records` into rattler's package cache (downloading and extracting what is not
+/// there yet) as rattler's installer does, without installing them anywhere. Returns each
+/// package's folder in the cache, in the order of `records`, and the cache's global lock,
+/// which keeps the folders in place while it is held.
+pub async fn fetch_packages(
+    records: &[RepoDataRecord],
+    cache_dir: &Path,
+    client: rattler_networking::LazyClient,
+    reporter: SharedReporter,
+) -> Result<(Vec<PathBuf>, rattler_cache::package_cache::CacheGlobalLock), InstallError> {
+    let total: u64 = records
+        .iter()
+        .map(|r| r.package_record.size.unwrap_or(0))
+        .sum();
+    reporter.on_stage_start(Stage::Install, Some(total));
+    let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
+    let lock = cache
+        .acquire_global_lock()
+        .await
+        .map_err(|source| InstallError::Fetch {
+            package: "the package cache's lock".into(),
+            source,
+        })?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, record) in records.iter().enumerate() {
+        let cache = cache.clone();
+        let client = client.clone();
+        let record = record.clone();
+        let reporter = reporter.clone();
+        tasks.spawn(async move {
+            let fetched = if record.url.scheme() == "file" {
+                match record.url.to_file_path() {
+                    Ok(path) => {
+                        cache
+                            .get_or_fetch_from_path(&path, Some(&record.package_record), None)
+                            .await
+                    }
+                    Err(()) => {
+                        return (
+                            i,
+                            record.identifier.to_string(),
+                            Err(InstallError::Io(std::io::Error::other(format!(
+                                "not a file path: {}",
+                                record.url
+                            )))),
+                        );
+                    }
+                }
+            } else {
+                cache
+                    .get_or_fetch_from_url_with_retry(
+                        &record.package_record,
+                        record.url.clone(),
+                        client,
+                        rattler_networking::retry_policies::default_retry_policy(),
+                        None,
+                        None,
+                    )
+                    .await
+            };
+            reporter.on_progress(Stage::Install, record.package_record.size.unwrap_or(0));
+            let name = record.identifier.to_string();
+            (
+                i,
+                name.clone(),
+                fetched
+                    .map(|m| m.path().to_path_buf())
+                    .map_err(|source| InstallError::Fetch {
+                        package: name,
+                        source,
+                    }),
+            )
+        });
+    }
+    let mut dirs = vec![PathBuf::new(); records.len()];
+    while let Some(done) = tasks.join_next().await {
+        let (i, _name, dir) = done.map_err(|e| InstallError::Io(std::io::Error::other(e)))?;
+        dirs[i] = dir?;
+    }
+    reporter.on_stage_end(Stage::Install);
+    Ok((dirs, lock))
 }
 
 /// Forwards rattler's installer events as byte progress: a package counts with its archive

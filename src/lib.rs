@@ -34,7 +34,7 @@ pub use error::Error;
 pub use models::{ModelReport, ModelsReport};
 pub use pack::relocate::python_trampoline;
 pub use pack::{ARCHIVE_PREFIX, Filter, Format};
-pub use pipeline::{PackageSummary, Summary};
+pub use pipeline::{PackageSummary, Route, Summary};
 pub use report::{Notice, Reporter, Severity, SharedReporter, Stage, Timings};
 pub use settings::{Request, Settings, SettingsError};
 

@@ -23,6 +23,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::pack::walk::Tree;
 use crate::pack::{Format, archive};
 use crate::pipeline::{self, Pipeline, Solved, Summary};
 use crate::report::{Notice, Reporter, SharedReporter, Stage};
@@ -576,8 +577,8 @@ fn build(
     reporter: &SharedReporter,
 ) -> Result<Summary, Error> {
     let settings = p.settings;
-    let check = |prefix: &Path| -> Result<Vec<Notice>, Error> {
-        let facts = checks::inspect(prefix)?;
+    let check = |tree: &dyn Tree| -> Result<Vec<Notice>, Error> {
+        let facts = checks::inspect_tree(tree);
         check_users(settings, &facts, leader, users, root)
     };
     p.build(solved, leader.output.clone(), &check, reporter)
@@ -653,11 +654,11 @@ pub fn pack_mlserver_image(
     if settings.check {
         checks::check_format(Consumer::MlServerImage, settings.pack.format)?;
     }
-    let check = |prefix: &Path| -> Result<Vec<Notice>, Error> {
+    let check = |tree: &dyn Tree| -> Result<Vec<Notice>, Error> {
         if !settings.check {
             return Ok(Vec::new());
         }
-        let facts = checks::inspect(prefix)?;
+        let facts = checks::inspect_tree(tree);
         Ok(checks::check_mlserver(&facts)?)
     };
     p.pack_file(file, Some(output), &check, reporter)

@@ -19,6 +19,8 @@ use crate::channels::UrlRewrites;
 use crate::error::Error;
 use crate::install;
 use crate::manifest::{self, Manifest};
+use crate::pack::direct::{self, CachedPackage, Direct, DirectOptions};
+use crate::pack::walk::{PrefixTree, Tree};
 use crate::pack::{self, Format, PackError, PackPlan};
 use crate::report::{Notice, SharedReporter, Stage, Timings};
 use crate::settings::Settings;
@@ -40,6 +42,18 @@ pub struct PackageSummary {
     pub size: u64,
 }
 
+/// Where an archive's files are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Route {
+    /// The extracted packages in the package cache (no staging prefix).
+    PackageCache,
+    /// A staging prefix the packages (and the `pip:` section) were installed into.
+    StagingPrefix,
+    /// An existing environment (`--prefix`).
+    Prefix,
+}
+
 /// What a run did for one environment: the human summary and `--json` print the same facts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -47,6 +61,8 @@ pub struct Summary {
     pub environment_file: Option<PathBuf>,
     /// The prefix packed, when packing an existing one.
     pub prefix: Option<PathBuf>,
+    /// Where the archive's files were read from.
+    pub route: Route,
     /// The output.
     pub output: PathBuf,
     /// Its format.
@@ -77,8 +93,9 @@ pub struct Summary {
     pub timings: Timings,
 }
 
-/// What a check of a staging prefix found: nothing that stops the pack, or notices.
-pub type Check<'c> = &'c (dyn Fn(&Path) -> Result<Vec<Notice>, Error> + Sync);
+/// What a check of the environment's tree (the staging prefix, or the listing of an archive
+/// planned from the package cache) found: nothing that stops the pack, or notices.
+pub type Check<'c> = &'c (dyn Fn(&dyn Tree) -> Result<Vec<Notice>, Error> + Sync);
 
 /// No check.
 pub fn no_check() -> Check<'static> {
@@ -164,6 +181,7 @@ impl Solved {
         Summary {
             environment_file: Some(self.env.path.clone()),
             prefix: None,
+            route: Route::StagingPrefix,
             output,
             format,
             size: 0,
@@ -385,6 +403,10 @@ impl<'a> Pipeline<'a> {
 
     /// Installs `solved`, runs `check` on the staging prefix (its notices are reported and
     /// kept), and packs it into `output`: the sequence every environment goes through.
+    ///
+    /// When nothing has to run inside the environment (no `pip:` section), the archive is
+    /// written straight from the package cache instead, with no staging prefix: the same
+    /// archive, byte for byte (`--via-prefix` forces the staged route, for debugging).
     pub fn build(
         &self,
         solved: &Solved,
@@ -392,8 +414,14 @@ impl<'a> Pipeline<'a> {
         check: Check<'_>,
         reporter: &SharedReporter,
     ) -> Result<Summary, Error> {
+        // `--keep-work` asks for the staging prefix: it takes the staged route.
+        if solved.env.pip.is_empty() && !self.settings.via_prefix && !self.settings.keep_work {
+            if let Some(summary) = self.build_direct(solved, &output, check, reporter)? {
+                return Ok(summary);
+            }
+        }
         let staged = self.install(solved, reporter)?;
-        let notices = check(&staged.prefix)?;
+        let notices = check(&PrefixTree(&staged.prefix))?;
         for n in &notices {
             reporter.on_notice(n);
         }
@@ -401,6 +429,72 @@ impl<'a> Pipeline<'a> {
         summary.notices.extend(notices);
         self.pack(solved, &staged, &mut summary, reporter)?;
         Ok(summary)
+    }
+
+    /// The direct route: fetches the packages into the cache and plans the archive from
+    /// there. `None` when the environment needs the staged route (the reason is logged).
+    fn build_direct(
+        &self,
+        solved: &Solved,
+        output: &Path,
+        check: Check<'_>,
+        reporter: &SharedReporter,
+    ) -> Result<Option<Summary>, Error> {
+        let settings = self.settings;
+        let mut timings = Timings::default();
+        let (dirs, _cache_lock) = timings.time(Stage::Install, || {
+            self.rt.block_on(install::fetch_packages(
+                &solved.records,
+                &settings.cache_dir,
+                self.client.clone(),
+                reporter.clone(),
+            ))
+        })?;
+        let packages: Vec<CachedPackage> = solved
+            .records
+            .iter()
+            .cloned()
+            .zip(dirs)
+            .map(|(record, dir)| CachedPackage { record, dir })
+            .collect();
+        let Some(staging_prefix_len) = staging_prefix_len(settings) else {
+            tracing::info!("packing through a staging prefix: its path holds a space");
+            return Ok(None);
+        };
+        // The staged route's options and manifest: the digest does not depend on the route.
+        let format = settings.pack.format;
+        let mut options = self.options_for(solved, format);
+        let digest = solved.digest(settings, &options);
+        options.manifest = Some(solved.manifest(settings, digest.clone(), format));
+        let direct_options = DirectOptions {
+            platform: settings.platform,
+            staging_prefix_len,
+            link_type: install::LINK_TYPE,
+        };
+        let planned = timings.time(Stage::Scan, || {
+            direct::plan(&packages, &options, &direct_options, &self.pool, reporter)
+        })?;
+        let (plan, listing) = match planned {
+            Direct::Plan(plan, listing) => (plan, listing),
+            Direct::Unsupported(reason) => {
+                tracing::info!("packing through a staging prefix: {reason}");
+                return Ok(None);
+            }
+        };
+        let notices = check(&listing)?;
+        for n in notices.iter().chain(&plan.warnings) {
+            reporter.on_notice(n);
+        }
+        let mut summary = solved.summary(settings, output.to_path_buf(), format);
+        summary.route = Route::PackageCache;
+        summary.digest = Some(digest);
+        summary.notices.extend(notices);
+        summary.timings.extend(&timings);
+        summary.size = self.execute(&plan, output, &mut summary.timings, reporter)?;
+        summary.members = plan.members.len();
+        summary.relocated_files = plan.relocations.len();
+        summary.notices.extend(plan.warnings);
+        Ok(Some(summary))
     }
 
     /// Reads, solves and (unless `--dry-run`) builds the environment file `file` into
@@ -502,6 +596,7 @@ impl<'a> Pipeline<'a> {
         Ok(Summary {
             environment_file: None,
             prefix: Some(plan.prefix.clone()),
+            route: Route::Prefix,
             output,
             format: plan.format,
             size,
@@ -572,6 +667,17 @@ fn http_client() -> Result<rattler_networking::LazyClient, Error> {
             .with(auth)
             .build()
     }))
+}
+
+/// The length of the staging prefix the staged route would make (`<work dir>/envpack-XXXXXX/env`,
+/// the work dir's real path), or `None` when it would hold a space.
+fn staging_prefix_len(settings: &Settings) -> Option<usize> {
+    let dir = fs_err::create_dir_all(&settings.work_dir)
+        .and_then(|()| fs_err::canonicalize(&settings.work_dir))
+        .unwrap_or_else(|_| settings.work_dir.clone());
+    let prefix = dir.join("envpack-XXXXXX").join("env");
+    let prefix = prefix.to_str()?;
+    (!prefix.contains(' ')).then_some(prefix.len())
 }
 
 /// Checks, before any work, that `output` may be written: it does not exist, or envpack wrote

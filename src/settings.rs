@@ -184,6 +184,8 @@ pub struct Request {
     pub work_dir: Option<PathBuf>,
     /// `--keep-work`.
     pub keep_work: bool,
+    /// `--via-prefix` (hidden, for debugging).
+    pub via_prefix: bool,
     /// `--threads`.
     pub threads: Option<usize>,
     /// `--dry-run`.
@@ -261,6 +263,9 @@ pub struct Settings {
     pub work_dir: PathBuf,
     /// Keep the staging prefix after packing.
     pub keep_work: bool,
+    /// Always pack through a staging prefix (for debugging: the direct route from the package
+    /// cache writes the same archive).
+    pub via_prefix: bool,
     /// Threads for scanning and compression.
     pub threads: usize,
     /// Print the plan, write nothing.
@@ -367,6 +372,7 @@ impl Settings {
             cache_dir,
             work_dir,
             keep_work: req.keep_work,
+            via_prefix: req.via_prefix,
             threads,
             dry_run: req.dry_run,
             force: req.force,

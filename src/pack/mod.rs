@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod compress;
+pub mod direct;
 pub mod relocate;
 pub mod scripts;
 pub mod walk;
@@ -375,7 +376,7 @@ pub fn plan(
     let records = walk::read_records(&prefix)?;
     let options = &with_state_variables(options, &prefix)?;
     let found = without_empty_clobber_dirs(walk::walk(&prefix, &options.filters)?);
-    let mut warnings = check(&prefix, &found, &records, options)?;
+    let warnings = check(&prefix, &found, &records, options)?;
     let hook_dir = options
         .auto_relocate
         .then(|| site_packages(&found))
@@ -405,10 +406,34 @@ pub fn plan(
             .collect()
     });
     reporter.on_stage_end(Stage::Scan);
+    let scanned = scanned.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(finish(
+        prefix,
+        source_prefix,
+        archive_prefix,
+        scanned,
+        warnings,
+        hook_dir.as_deref(),
+        records.packages,
+        options,
+    ))
+}
+
+/// The plan from its scanned members (in path order): what envpack generates added, parent
+/// folders added, sorted into archive order.
+fn finish(
+    prefix: PathBuf,
+    source_prefix: String,
+    archive_prefix: String,
+    scanned: Vec<Scanned>,
+    mut warnings: Vec<Notice>,
+    hook_dir: Option<&str>,
+    packages: Vec<walk::Recorded>,
+    options: &PackOptions,
+) -> PackPlan {
     let mut members = Vec::with_capacity(scanned.len() + 16);
     let mut relocations = Vec::new();
     for s in scanned {
-        let s = s?;
         members.push(s.member);
         relocations.extend(s.relocation);
         warnings.extend(s.warning);
@@ -418,7 +443,7 @@ pub fn plan(
         &mut members,
         &relocations,
         &archive_prefix,
-        hook_dir.as_deref(),
+        hook_dir,
         options,
     );
     add_parent_dirs(&mut members);
@@ -450,7 +475,7 @@ pub fn plan(
             },
         );
     }
-    Ok(PackPlan {
+    PackPlan {
         prefix,
         source_prefix,
         archive_prefix,
@@ -460,9 +485,9 @@ pub fn plan(
         warnings,
         format: options.format,
         level: options.level,
-        packages: records.packages,
+        packages,
         mtime: options.mtime,
-    })
+    }
 }
 
 /// `conda env config vars set` keeps its variables in `conda-meta/state`, which is made anew:
@@ -484,7 +509,7 @@ fn check(
     options: &PackOptions,
 ) -> Result<Vec<Notice>, PackError> {
     let mut warnings = Vec::new();
-    let editable = walk::editable_installs(prefix, found);
+    let editable = walk::editable_installs(found, |p| std::fs::read_to_string(prefix.join(p)).ok());
     if !editable.is_empty() {
         if !options.ignore_editable_packages {
             return Err(PackError::Editable { packages: editable });
@@ -710,8 +735,7 @@ fn member_for(
     }
 }
 
-/// A file from the prefix: scanned once for the prefix, its transform decided, and its
-/// archive size computed (which also proves the rewrite fits).
+/// A file from the prefix: scanned once for the prefix, then decided.
 fn file_member(
     prefix: &Path,
     path: String,
@@ -722,19 +746,71 @@ fn file_member(
     to: &[u8],
 ) -> Result<Scanned, PackError> {
     let source = prefix.join(&path);
-    let open = || {
-        fs_err::File::open(&source)
-            .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
-            .map_err(PackError::from)
-    };
-    let scan = relocate::scan(open()?, from)?;
+    let scan = relocate::scan(open_buffered(&source)?, from)?;
+    decide(
+        FileFacts {
+            path,
+            size,
+            executable,
+            managed,
+            scan: &scan,
+        },
+        Content::File(source),
+        from,
+        to,
+        None,
+    )
+}
+
+fn open_buffered(source: &Path) -> Result<std::io::BufReader<fs_err::File>, PackError> {
+    fs_err::File::open(source)
+        .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
+        .map_err(PackError::from)
+}
+
+/// What is known of one file once it was scanned.
+struct FileFacts<'a> {
+    path: String,
+    size: u64,
+    executable: bool,
+    managed: Option<&'a walk::Managed>,
+    scan: &'a relocate::Scan,
+}
+
+/// Where a file's bytes come from.
+enum Content {
+    /// A file on disk (in the prefix, or in the package cache).
+    File(PathBuf),
+    /// Bytes made in memory (an entry point written the way the installer writes it).
+    Bytes(Vec<u8>),
+}
+
+/// Decides one scanned file's transform, its relocation record and its size in the archive.
+/// `placeholder`, when given, is what the file holds in place of `from` (a file read straight
+/// from the package cache holds its package's placeholder, not the staging prefix): it is
+/// found and replaced instead, and everything else is decided as for `from`.
+fn decide(
+    facts: FileFacts<'_>,
+    content: Content,
+    from: &[u8],
+    to: &[u8],
+    placeholder: Option<&[u8]>,
+) -> Result<Scanned, PackError> {
+    let FileFacts {
+        path,
+        size,
+        executable,
+        managed,
+        scan,
+    } = facts;
+    let found = placeholder.unwrap_or(from);
     let mut warning = None;
     let in_bin = path.strip_prefix("bin/").is_some_and(|n| !n.contains('/'));
     let shebang = scan
         .shebang
         .as_deref()
         .filter(|_| in_bin && scan.utf8)
-        .and_then(|l| relocate::shebang_for(l, from));
+        .and_then(|l| relocate::shebang_for(l, found));
     let mode = match managed {
         _ if scan.count == 0 => None,
         Some(walk::Managed {
@@ -766,33 +842,98 @@ fn file_member(
         }),
         _ => None,
     };
-    let transform = Transform { mode, shebang };
-    let out_size = if transform.mode.is_none() && transform.shebang.is_none() {
-        size
-    } else {
-        let mut counter = Counter(0);
-        relocate::apply(open()?, &mut counter, &transform, from, to).map_err(|e| {
-            PackError::Relocate {
+    let transform = Transform {
+        mode,
+        shebang,
+        placeholder: placeholder.map(<[u8]>::to_vec),
+    };
+    let out_size = match archive_size(size, scan, &transform, found, to) {
+        Some(n) => n,
+        None => {
+            // Read again only when the size cannot be told from the scan: a binary file whose
+            // strings grow (this also proves they fit), or an overlong first line.
+            let mut counter = Counter(0);
+            let relocate_err = |e| PackError::Relocate {
                 path: path.clone(),
                 dest: String::from_utf8_lossy(to).into_owned(),
                 source: e,
+            };
+            match &content {
+                Content::File(source) => {
+                    relocate::apply(open_buffered(source)?, &mut counter, &transform, from, to)
+                        .map_err(relocate_err)?
+                }
+                Content::Bytes(data) => {
+                    relocate::apply(&data[..], &mut counter, &transform, from, to)
+                        .map_err(relocate_err)?
+                }
+            };
+            counter.0
+        }
+    };
+    let body = match content {
+        Content::File(source) => Body::File {
+            source,
+            size: out_size,
+            executable,
+            transform,
+        },
+        Content::Bytes(data) => {
+            let mut out = Vec::with_capacity(usize::try_from(out_size).unwrap_or(0));
+            relocate::apply(&data[..], &mut out, &transform, from, to).map_err(|e| {
+                PackError::Relocate {
+                    path: path.clone(),
+                    dest: String::from_utf8_lossy(to).into_owned(),
+                    source: e,
+                }
+            })?;
+            Body::Generated {
+                data: out,
+                executable,
             }
-        })?;
-        counter.0
+        }
     };
     Ok(Scanned {
-        member: Member {
-            path,
-            body: Body::File {
-                source,
-                size: out_size,
-                executable,
-                transform,
-            },
-        },
+        member: Member { path, body },
         relocation,
         warning,
     })
+}
+
+/// The size of a file in the archive, told from its one scan: text grows or shrinks by the
+/// difference of the prefixes at each occurrence, binary keeps its length, a new first line
+/// replaces the old one. `None` when the scan cannot tell (strings that grow in a binary file
+/// must be checked against their padding; a first line longer than the scan kept).
+fn archive_size(
+    size: u64,
+    scan: &relocate::Scan,
+    t: &Transform,
+    from: &[u8],
+    to: &[u8],
+) -> Option<u64> {
+    let (base, occurrences) = match &t.shebang {
+        None => (size, scan.count),
+        Some(line) => {
+            let first = scan.first_line?;
+            let in_first = scan
+                .shebang
+                .as_deref()
+                .map_or(0, |l| memchr::memmem::find_iter(l, from).count() as u64);
+            (
+                (size - first) + line.len() as u64,
+                scan.count.checked_sub(in_first)?,
+            )
+        }
+    };
+    match t.mode {
+        None => Some(base),
+        Some(Mode::Binary { .. }) => (to.len() <= from.len()).then_some(base),
+        Some(Mode::Text) => {
+            let grown = occurrences.checked_mul(to.len() as u64)?;
+            let shrunk = occurrences.checked_mul(from.len() as u64)?;
+            (base + grown).checked_sub(shrunk)
+        }
+    }
 }
 
 struct Counter(u64);

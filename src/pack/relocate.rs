@@ -26,12 +26,15 @@ pub enum Mode {
 }
 
 /// What to do to one file's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transform {
     /// Replace `from` by `to` in this mode, if the file holds `from`.
     pub mode: Option<Mode>,
     /// A new first line (with its newline) replacing the file's first line.
     pub shebang: Option<Vec<u8>>,
+    /// What the file holds in place of `from`, when it is not the plan's source prefix: the
+    /// package's own placeholder, for a file read straight from the package cache.
+    pub placeholder: Option<Vec<u8>>,
 }
 
 /// The result of scanning one file.
@@ -43,6 +46,11 @@ pub struct Scan {
     pub utf8: bool,
     /// The first line (without newline) when the file starts with `#!`, up to 4 KiB.
     pub shebang: Option<Vec<u8>>,
+    /// The length of that first line with its newline, when it ends within 4 KiB (or is the
+    /// whole file).
+    pub first_line: Option<u64>,
+    /// Whether any of the extra needles given to [`scan_with`] occurs.
+    pub other: bool,
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -50,10 +58,17 @@ const CHUNK: usize = 256 * 1024;
 const MAX_CSTRING: usize = 16 * 1024 * 1024;
 
 /// Counts `needle` in a stream and checks it for UTF-8, reading it once.
-pub fn scan(mut reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
+pub fn scan(reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
+    scan_with(reader, needle, &[])
+}
+
+/// [`scan`], also telling whether any of `others` occurs, in the same read.
+pub fn scan_with(mut reader: impl Read, needle: &[u8], others: &[Vec<u8>]) -> io::Result<Scan> {
     let finder = memmem::Finder::new(needle);
-    let mut buf = vec![0u8; CHUNK + needle.len()];
+    let longest = others.iter().map(Vec::len).fold(needle.len(), usize::max);
+    let mut buf = vec![0u8; CHUNK + longest];
     let mut carry = 0usize; // bytes kept from the previous chunk
+    let mut skip = 0usize; // where the next search for `needle` starts
     let mut utf8_tail: Vec<u8> = Vec::new();
     let mut result = Scan {
         utf8: true,
@@ -66,15 +81,28 @@ pub fn scan(mut reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
         if first {
             first = false;
             if buf[..len].starts_with(b"#!") {
-                let end = memchr::memchr(b'\n', &buf[..len.min(4096)]).unwrap_or(len.min(4096));
+                let head = len.min(4096);
+                let newline = memchr::memchr(b'\n', &buf[..head]);
+                let end = newline.unwrap_or(head);
                 result.shebang = Some(buf[..end].to_vec());
+                result.first_line = match newline {
+                    Some(i) => Some(i as u64 + 1),
+                    // The whole file is its first line.
+                    None if n < CHUNK && len <= 4096 => Some(len as u64),
+                    None => None,
+                };
             }
         }
         // Occurrences that start in this window and end inside it.
-        let mut from = 0;
+        let mut from = skip.min(len);
         while let Some(i) = finder.find(&buf[from..len]) {
             result.count += 1;
             from += i + needle.len();
+        }
+        if !result.other {
+            result.other = others
+                .iter()
+                .any(|o| !o.is_empty() && memmem::find(&buf[..len], o).is_some());
         }
         if result.utf8 {
             utf8_tail.extend_from_slice(&buf[carry..len]);
@@ -90,9 +118,11 @@ pub fn scan(mut reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
         if n == 0 {
             break;
         }
-        // Keep the last needle-1 bytes not already part of a match.
-        let keep = (needle.len().saturating_sub(1)).min(len - from.min(len));
+        // Keep the last longest-1 bytes: no whole match of `needle` after `from` is among
+        // them, and a match of any needle may straddle into the next chunk.
+        let keep = longest.saturating_sub(1).min(len);
         buf.copy_within(len - keep..len, 0);
+        skip = from.saturating_sub(len - keep);
         carry = keep;
     }
     Ok(result)
@@ -119,6 +149,7 @@ pub fn apply(
     from: &[u8],
     to: &[u8],
 ) -> io::Result<u64> {
+    let from = t.placeholder.as_deref().unwrap_or(from);
     let mut written = 0u64;
     if let Some(line) = &t.shebang {
         // Skip the old first line.
@@ -427,6 +458,7 @@ mod tests {
             &Transform {
                 mode: Some(Mode::Text),
                 shebang: None,
+                placeholder: None,
             },
             from,
             "/A",
@@ -450,6 +482,7 @@ mod tests {
         let t = Transform {
             mode: Some(Mode::Binary { room: 255 }),
             shebang: None,
+            placeholder: None,
         };
         let out = run(&input, &t, from, "/A").unwrap();
         assert_eq!(out.len(), input.len());
@@ -477,6 +510,7 @@ mod tests {
         let t = Transform {
             mode: Some(Mode::Binary { room: 40 }),
             shebang: None,
+            placeholder: None,
         };
         assert!(run(&input, &t, "/short", &"/y".repeat(30)).is_err());
         // Room without padding behind it (an unmanaged file: room = current length).
@@ -488,6 +522,7 @@ mod tests {
                 &Transform {
                     mode: Some(Mode::Binary { room: 6 }),
                     shebang: None
+                    placeholder: None,
                 },
                 "/short",
                 "/longer"
@@ -521,6 +556,7 @@ mod tests {
         let t = Transform {
             mode: Some(Mode::Text),
             shebang: shebang_for(b"#!/stage/env/bin/tclsh8.6", p),
+            placeholder: None,
         };
         let out = run(input, &t, "/stage/env", "/A").unwrap();
         assert_eq!(out, b"#!/usr/bin/env tclsh8.6\nset x /A\n");

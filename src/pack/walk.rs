@@ -234,24 +234,26 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    if !filters.is_empty() {
-        out.retain(|f| included(&f.path, filters));
-        // Keep the directories that lead to kept entries.
-        let needed: BTreeSet<String> = out.iter().flat_map(|f| parents(&f.path)).collect();
-        let all = walk(prefix, &[])?;
-        let present: BTreeSet<&str> = out.iter().map(|f| f.path.as_str()).collect();
-        let mut extra: Vec<Found> = all
-            .into_iter()
-            .filter(|f| {
-                f.kind == Kind::Dir
-                    && needed.contains(&f.path)
-                    && !present.contains(f.path.as_str())
-            })
-            .collect();
-        out.append(&mut extra);
-        out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(apply_filters(out, filters))
+}
+
+/// Drops what the filters drop from `all` (every entry of a tree, sorted), keeping the
+/// directories that lead to kept entries.
+#[must_use]
+pub fn apply_filters(all: Vec<Found>, filters: &[Filter]) -> Vec<Found> {
+    if filters.is_empty() {
+        return all;
     }
-    Ok(out)
+    let (mut out, dropped): (Vec<Found>, Vec<Found>) =
+        all.into_iter().partition(|f| included(&f.path, filters));
+    let needed: BTreeSet<String> = out.iter().flat_map(|f| parents(&f.path)).collect();
+    out.extend(
+        dropped
+            .into_iter()
+            .filter(|f| f.kind == Kind::Dir && needed.contains(&f.path)),
+    );
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 /// The folders above `path`, innermost first.
@@ -383,14 +385,15 @@ fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
-/// Editable pip installs in the prefix (`direct_url.json` with `dir_info.editable`, or
-/// `.egg-link` files): they point at source trees that are not packed.
+/// Editable pip installs in the tree (`direct_url.json` with `dir_info.editable`, or
+/// `.egg-link` files): they point at source trees that are not packed. `read` gives a file's
+/// text by its path in the tree.
 #[must_use]
-pub fn editable_installs(prefix: &Path, found: &[Found]) -> Vec<String> {
+pub fn editable_installs(found: &[Found], read: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut out = Vec::new();
     for f in found {
         if f.path.ends_with(".dist-info/direct_url.json") {
-            if let Ok(text) = std::fs::read_to_string(prefix.join(&f.path)) {
+            if let Some(text) = read(&f.path) {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 if v["dir_info"]["editable"].as_bool() == Some(true) {
                     let dist = f.path.trim_end_matches("/direct_url.json");
@@ -414,6 +417,198 @@ pub fn missing_files(prefix: &Path, records: &Records) -> Vec<String> {
         .filter(|p| std::fs::symlink_metadata(prefix.join(p)).is_err())
         .cloned()
         .collect()
+}
+
+/// One entry of a [`Tree`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A folder.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link with this target.
+    Symlink(String),
+}
+
+/// A read-only view of an environment's tree: a prefix on disk, or the listing of an archive
+/// planned straight from the package cache. The checks run before packing look through it.
+pub trait Tree: Sync {
+    /// The entry at `rel` (`/`-separated, `""` is the root), a final symlink not followed.
+    fn entry(&self, rel: &str) -> Option<Entry>;
+
+    /// The names in the folder at `rel`, sorted (symlinks on the way followed).
+    fn children(&self, rel: &str) -> Vec<String>;
+
+    /// What `rel` is once every symlink on the way is followed.
+    fn resolve(&self, rel: &str) -> Option<Entry> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = rel
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_string)
+            .collect();
+        let mut hops = 0;
+        let mut last = Some(Entry::Dir);
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    parts.pop()?;
+                    last = Some(Entry::Dir);
+                    continue;
+                }
+                _ => {}
+            }
+            parts.push(c);
+            match self.entry(&parts.join("/"))? {
+                Entry::Symlink(target) => {
+                    hops += 1;
+                    if hops > 40 || target.starts_with('/') {
+                        return None;
+                    }
+                    parts.pop();
+                    todo.extend(
+                        target
+                            .split('/')
+                            .filter(|c| !c.is_empty())
+                            .rev()
+                            .map(str::to_string),
+                    );
+                    last = Some(Entry::Dir);
+                }
+                e => last = Some(e),
+            }
+        }
+        last
+    }
+
+    /// Whether `rel` exists, symlinks followed.
+    fn exists(&self, rel: &str) -> bool {
+        self.resolve(rel).is_some()
+    }
+
+    /// Whether `rel` is a regular file, symlinks followed.
+    fn is_file(&self, rel: &str) -> bool {
+        self.resolve(rel) == Some(Entry::File)
+    }
+
+    /// Whether `rel` is a folder, symlinks followed.
+    fn is_dir(&self, rel: &str) -> bool {
+        self.resolve(rel) == Some(Entry::Dir)
+    }
+}
+
+/// A prefix on disk as a [`Tree`].
+pub struct PrefixTree<'a>(pub &'a Path);
+
+impl Tree for PrefixTree<'_> {
+    fn entry(&self, rel: &str) -> Option<Entry> {
+        let p = self.0.join(rel);
+        let meta = std::fs::symlink_metadata(&p).ok()?;
+        Some(if meta.is_dir() {
+            Entry::Dir
+        } else if meta.file_type().is_symlink() {
+            Entry::Symlink(std::fs::read_link(&p).ok()?.to_string_lossy().into_owned())
+        } else {
+            Entry::File
+        })
+    }
+
+    fn children(&self, rel: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.0.join(rel))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn resolve(&self, rel: &str) -> Option<Entry> {
+        let meta = std::fs::metadata(self.0.join(rel)).ok()?;
+        Some(if meta.is_dir() {
+            Entry::Dir
+        } else {
+            Entry::File
+        })
+    }
+}
+
+/// The entries of a tree by path, as a [`Tree`].
+#[derive(Debug, Default)]
+pub struct Listing(pub BTreeMap<String, Entry>);
+
+impl Tree for Listing {
+    fn entry(&self, rel: &str) -> Option<Entry> {
+        if rel.is_empty() {
+            return Some(Entry::Dir);
+        }
+        self.0.get(rel).cloned()
+    }
+
+    fn children(&self, rel: &str) -> Vec<String> {
+        let Some(Entry::Dir) = self.resolve(rel) else {
+            return Vec::new();
+        };
+        // The folder itself, symlinks followed, is needed to list it: resolve its path.
+        let base = self.real_path(rel).unwrap_or_else(|| rel.to_string());
+        let start = if base.is_empty() {
+            String::new()
+        } else {
+            format!("{base}/")
+        };
+        self.0
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter_map(|(k, _)| {
+                let name = &k[start.len()..];
+                (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+            })
+            .collect()
+    }
+}
+
+impl Listing {
+    /// The path of `rel` with every symlink on the way followed.
+    fn real_path(&self, rel: &str) -> Option<String> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = rel
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_string)
+            .collect();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    parts.pop()?;
+                    continue;
+                }
+                _ => {}
+            }
+            parts.push(c);
+            if let Some(Entry::Symlink(target)) = self.0.get(&parts.join("/")) {
+                hops += 1;
+                if hops > 40 || target.starts_with('/') {
+                    return None;
+                }
+                parts.pop();
+                todo.extend(
+                    target
+                        .split('/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(str::to_string),
+                );
+            }
+        }
+        Some(parts.join("/"))
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Consumer, TargetError, TritonVersion};
 use crate::pack::Format;
+use crate::pack::walk::{Entry, Tree};
 
 /// The Python minor version of MLServer's image.
 pub const MLSERVER_IMAGE_PYTHON: (u32, u32) = (3, 10);
@@ -66,42 +67,37 @@ pub fn expected(records: &[rattler_conda_types::RepoDataRecord], pip: &[String])
     }
 }
 
-/// Looks into an installed prefix.
-pub fn inspect(prefix: &Path) -> Result<EnvFacts, TargetError> {
-    let lib = prefix.join("lib");
-    let mut python_dirs = Vec::new();
-    if lib.is_dir() {
-        for e in fs_err::read_dir(&lib)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            // `lib/python3.1` is a symlink in Python >= 3.10 environments: not a second Python.
-            let is_dir = e.file_type()?.is_dir();
-            if is_dir && parse_python_dir(&name).is_some() {
-                python_dirs.push(name);
-            }
-        }
-    }
+/// Looks into an environment's tree (a prefix, or an archive's planned listing).
+#[must_use]
+pub fn inspect_tree(tree: &dyn Tree) -> EnvFacts {
+    let mut python_dirs: Vec<String> = tree
+        .children("lib")
+        .into_iter()
+        // `lib/python3.1` is a symlink in Python >= 3.10 environments: not a second Python.
+        .filter(|name| {
+            parse_python_dir(name).is_some()
+                && tree.entry(&format!("lib/{name}")) == Some(Entry::Dir)
+        })
+        .collect();
     python_dirs.sort();
     let mut facts = EnvFacts {
         python_dirs,
         ..EnvFacts::default()
     };
     let [dir] = facts.python_dirs.as_slice() else {
-        return Ok(facts);
+        return facts;
     };
     let Some((major, minor)) = parse_python_dir(dir) else {
-        return Ok(facts);
+        return facts;
     };
-    if prefix.join("bin/python3").exists() || prefix.join("bin/python").exists() {
+    if tree.exists("bin/python3") || tree.exists("bin/python") {
         facts.python = Some((major, minor));
     }
-    facts.libpython = lib
-        .join(format!("libpython{major}.{minor}.so.1.0"))
-        .exists();
-    let site = lib.join(dir).join("site-packages");
-    facts.numpy = package_version(prefix, &site, "numpy")?;
-    facts.mlserver = package_version(prefix, &site, "mlserver")?;
-    Ok(facts)
+    facts.libpython = tree.exists(&format!("lib/libpython{major}.{minor}.so.1.0"));
+    let site = format!("lib/{dir}/site-packages");
+    facts.numpy = package_version(tree, &site, "numpy");
+    facts.mlserver = package_version(tree, &site, "mlserver");
+    facts
 }
 
 /// `python3.11` → (3, 11).
@@ -112,18 +108,17 @@ fn parse_python_dir(name: &str) -> Option<(u32, u32)> {
 
 /// The version of an importable package of `site`: from its `.dist-info` folder, else from
 /// its conda record, else `unknown`. `None` when it is not importable.
-fn package_version(prefix: &Path, site: &Path, name: &str) -> Result<Option<String>, TargetError> {
-    if !site.join(name).join("__init__.py").is_file() {
-        return Ok(None);
+fn package_version(tree: &dyn Tree, site: &str, name: &str) -> Option<String> {
+    if !tree.is_file(&format!("{site}/{name}/__init__.py")) {
+        return None;
     }
     let dash = format!("{name}-");
-    let version_in = |dir: &Path, suffix: &str| -> Result<Option<String>, TargetError> {
-        if !dir.is_dir() {
-            return Ok(None);
+    let version_in = |dir: &str, suffix: &str| -> Option<String> {
+        if !tree.is_dir(dir) {
+            return None;
         }
-        for e in fs_err::read_dir(dir)? {
-            let e = e?;
-            let file = e.file_name().to_string_lossy().to_lowercase();
+        for file in tree.children(dir) {
+            let file = file.to_lowercase();
             if let Some(v) = file
                 .strip_prefix(&dash)
                 .and_then(|rest| rest.strip_suffix(suffix))
@@ -135,16 +130,13 @@ fn package_version(prefix: &Path, site: &Path, name: &str) -> Result<Option<Stri
                 } else {
                     v
                 };
-                return Ok(Some(v.to_string()));
+                return Some(v.to_string());
             }
         }
-        Ok(None)
+        None
     };
-    let found = match version_in(site, ".dist-info")? {
-        Some(v) => Some(v),
-        None => version_in(&prefix.join("conda-meta"), ".json")?,
-    };
-    Ok(Some(found.unwrap_or_else(|| "unknown".into())))
+    let found = version_in(site, ".dist-info").or_else(|| version_in("conda-meta", ".json"));
+    Some(found.unwrap_or_else(|| "unknown".into()))
 }
 
 fn major(version: &str) -> Option<u32> {
@@ -266,6 +258,7 @@ pub fn custom_stub(model_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::walk::PrefixTree;
 
     /// A fake prefix with the given files (empty).
     fn prefix(files: &[&str]) -> tempfile::TempDir {
@@ -292,7 +285,7 @@ mod tests {
 
     fn facts(files: &[&str]) -> EnvFacts {
         let p = prefix(files);
-        inspect(p.path()).unwrap()
+        inspect_tree(&PrefixTree(p.path()))
     }
 
     #[allow(clippy::unnecessary_wraps)] // reads better at the call sites
@@ -304,7 +297,7 @@ mod tests {
     fn inspect_finds_python_libpython_and_package_versions() {
         let p = prefix(TRITON_OK);
         std::os::unix::fs::symlink("python3.11", p.path().join("lib/python3.1")).unwrap();
-        let f = inspect(p.path()).unwrap();
+        let f = inspect_tree(&PrefixTree(p.path()));
         assert_eq!(f.python, Some((3, 11)));
         assert_eq!(f.python_dirs, ["python3.11"]);
         assert!(f.libpython);
