@@ -12,6 +12,7 @@
 //! - [`models`]: Triton models and repositories: environment files found as the server
 //!   templates lay them out, shared environments, flags refused before any work.
 //! - [`determinism`]: the same bytes wherever and however packed, and a pinned digest.
+//! - [`routes`]: straight from the package cache and through a staging prefix, one archive.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
 
 // Scenario tests read best as one story each, with short names (f = fixture, t = target).
@@ -32,4 +33,5 @@ mod failures;
 mod incremental;
 mod models;
 mod pipeline;
+mod routes;
 mod scripts;

@@ -260,3 +260,19 @@ pub fn hex(bytes: &[u8]) -> String {
         s
     })
 }
+
+/// Every file and symlink below `dir` with its sha256 (of the target, for a symlink) and its
+/// mode: a package cache's state, to prove a pack left it as it was.
+pub fn digests(dir: &Path) -> Vec<(String, String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    snapshot(dir)
+        .into_iter()
+        .map(|(rel, bytes)| {
+            let mode = std::fs::symlink_metadata(dir.join(&rel))
+                .unwrap()
+                .permissions()
+                .mode();
+            (rel, sha256_hex(&bytes), mode)
+        })
+        .collect()
+}
