@@ -27,6 +27,11 @@ pub fn cases() -> Vec<Case> {
             needs: &[Needs::Channel],
             run: same_environment_gives_same_bytes_wherever_staged,
         },
+        Case {
+            name: "pack::package_cache_route_gives_the_staged_routes_archive_and_leaves_the_cache",
+            needs: &[Needs::Channel],
+            run: package_cache_route_gives_the_staged_routes_archive_and_leaves_the_cache,
+        },
     ]
 }
 
@@ -216,6 +221,63 @@ fn same_environment_gives_same_bytes_wherever_staged() -> Result<(), Failed> {
     ensure(
         std::fs::read(&ta)? == std::fs::read(&tb)?,
         "two packs of one environment differ",
+    )?;
+    Ok(())
+}
+
+/// The real environment of the benchmarks (python, numpy<2, pip, six, idna), packed straight
+/// from the package cache and through a staging prefix: one archive, and the package cache
+/// (a private one, extracted by the first pack) is byte for byte what it was.
+fn package_cache_route_gives_the_staged_routes_archive_and_leaves_the_cache() -> Result<(), Failed>
+{
+    let dir = tempfile::tempdir()?;
+    let env = support::write_environment(
+        dir.path(),
+        "w1",
+        &["conda-forge"],
+        &["python=3.11", "numpy<2", "pip", "six", "idna"],
+    );
+    let cache = dir.path().join("cache");
+    let pack = |out: &Path, extra: &[&str]| -> Result<String, Failed> {
+        let o = run_ok(
+            envpack()
+                .env("ENVPACK_CACHE_DIR", &cache)
+                .arg("pack")
+                .arg(&env)
+                .arg("-o")
+                .arg(out)
+                .args(["--mirror", &mirror_arg(), "-q", "--json", "-j", "2"])
+                .args(extra),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        Ok(v["route"].as_str().unwrap_or_default().to_string())
+    };
+    let first = dir.path().join("first.tar.gz");
+    ensure(
+        pack(&first, &[])? == "package-cache",
+        "the first pack took the staged route",
+    )?;
+    let before = support::digests(&cache);
+    let staged = dir.path().join("staged.tar.gz");
+    ensure(
+        pack(&staged, &["--via-prefix"])? == "staging-prefix",
+        "--via-prefix did not stage",
+    )?;
+    let direct = dir.path().join("direct.tar.gz");
+    ensure(
+        pack(&direct, &[])? == "package-cache",
+        "the second pack took the staged route",
+    )?;
+    let (a, b, c) = (
+        support::sha256_of(&first),
+        support::sha256_of(&direct),
+        support::sha256_of(&staged),
+    );
+    eprintln!("sha256: package cache {a}, again {b}, staging prefix {c}");
+    ensure(a == b && b == c, format!("archives differ: {a} {b} {c}"))?;
+    ensure(
+        support::digests(&cache) == before,
+        "the package cache changed",
     )?;
     Ok(())
 }

@@ -174,6 +174,10 @@ fn tarball_from_write_config_runs_in_triton_extraction() -> Result<(), Failed> {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work)?;
     let report = pack_model(&model, &work, &[])?;
+    ensure(
+        report["environments"][0]["route"] == json!("package-cache"),
+        format!("packed by {}", report["environments"][0]["route"]),
+    )?;
     let m = &report["models"][0];
     ensure(
         m["output"] == json!(model.canonicalize()?.join("model-conda.tar.gz")),
@@ -219,6 +223,10 @@ fn folder_form_runs_in_place() -> Result<(), Failed> {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work)?;
     let report = pack_model(&model, &work, &["--format", "dir"])?;
+    ensure(
+        report["environments"][0]["route"] == json!("package-cache"),
+        format!("packed by {}", report["environments"][0]["route"]),
+    )?;
     let env = model.canonicalize()?.join("model-conda");
     ensure(
         report["models"][0]["output"] == json!(env)
