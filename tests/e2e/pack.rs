@@ -269,9 +269,9 @@ fn package_cache_route_gives_the_staged_routes_archive_and_leaves_the_cache() ->
         "the second pack took the staged route",
     )?;
     let (a, b, c) = (
-        support::sha256_of(&first),
-        support::sha256_of(&direct),
-        support::sha256_of(&staged),
+        support::sha256_file(&first),
+        support::sha256_file(&direct),
+        support::sha256_file(&staged),
     );
     eprintln!("sha256: package cache {a}, again {b}, staging prefix {c}");
     ensure(a == b && b == c, format!("archives differ: {a} {b} {c}"))?;

@@ -77,11 +77,7 @@ fn the_package_cache_route_writes_the_staged_routes_archive_and_leaves_the_cache
             "{extra:?}"
         );
         assert_same_bytes(&direct, &staged);
-        assert_eq!(
-            sha256_file(&direct),
-            sha256_file(&staged),
-            "{extra:?}"
-        );
+        assert_eq!(sha256_file(&direct), sha256_file(&staged), "{extra:?}");
     }
     assert_eq!(
         sha256_file(&first),
