@@ -415,10 +415,12 @@ impl<'a> Pipeline<'a> {
         reporter: &SharedReporter,
     ) -> Result<Summary, Error> {
         // `--keep-work` asks for the staging prefix: it takes the staged route.
-        if solved.env.pip.is_empty() && !self.settings.via_prefix && !self.settings.keep_work {
-            if let Some(summary) = self.build_direct(solved, &output, check, reporter)? {
-                return Ok(summary);
-            }
+        if solved.env.pip.is_empty()
+            && !self.settings.via_prefix
+            && !self.settings.keep_work
+            && let Some(summary) = self.build_direct(solved, &output, check, reporter)?
+        {
+            return Ok(summary);
         }
         let staged = self.install(solved, reporter)?;
         let notices = check(&PrefixTree(&staged.prefix))?;

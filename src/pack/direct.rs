@@ -92,6 +92,7 @@ struct Item {
 type Outcome<T> = Result<Result<T, String>, PackError>;
 
 /// Plans the archive of `packages` straight from the package cache.
+#[allow(clippy::too_many_lines)] // the installer's steps, in its order
 pub fn plan(
     packages: &[CachedPackage],
     options: &PackOptions,
@@ -259,6 +260,7 @@ fn recorded(package: &CachedPackage) -> walk::Recorded {
 /// The destinations of one package, its entry points and its `conda-meta` record, as
 /// rattler's installer (`link_package_sync`, `create_unix_python_entry_point`, the
 /// installer's `link_package`) computes them.
+#[allow(clippy::too_many_lines)] // the installer's steps, in its order
 fn package_items(
     package: &CachedPackage,
     python_info: Option<&PythonInfo>,
@@ -390,6 +392,7 @@ fn package_items(
 }
 
 /// Decides one member from the cache, as the pack step decides it from the staging prefix.
+#[allow(clippy::too_many_lines)] // the installer's steps, in its order
 fn member_for(
     item: &Item,
     options: &PackOptions,

@@ -847,9 +847,10 @@ fn decide(
         shebang,
         placeholder: placeholder.map(<[u8]>::to_vec),
     };
-    let out_size = match archive_size(size, scan, &transform, found, to) {
-        Some(n) => n,
-        None => {
+    let out_size = if let Some(n) = archive_size(size, scan, &transform, found, to) {
+        n
+    } else {
+        {
             // Read again only when the size cannot be told from the scan: a binary file whose
             // strings grow (this also proves they fit), or an overlong first line.
             let mut counter = Counter(0);

@@ -521,7 +521,7 @@ mod tests {
                 &input,
                 &Transform {
                     mode: Some(Mode::Binary { room: 6 }),
-                    shebang: None
+                    shebang: None,
                     placeholder: None,
                 },
                 "/short",

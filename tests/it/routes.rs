@@ -64,7 +64,7 @@ fn the_package_cache_route_writes_the_staged_routes_archive_and_leaves_the_cache
     for extra in [&[][..], &["--dest-prefix", "/opt/some/where"], &["-j", "1"]] {
         let direct = f.path().join("direct.tar.gz");
         let staged = f.path().join("staged.tar.gz");
-        let mut with = |out: &Path, more: &[&str]| {
+        let with = |out: &Path, more: &[&str]| {
             let mut args: Vec<&str> = extra.to_vec();
             args.extend_from_slice(more);
             args.push("--force");
