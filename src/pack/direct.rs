@@ -53,7 +53,7 @@ pub struct CachedPackage {
 /// The outcome of planning from the cache.
 pub enum Direct {
     /// The plan, and the environment's listing (for the checks run before packing).
-    Plan(PackPlan, Listing),
+    Plan(Box<PackPlan>, Listing),
     /// The environment needs something only the staged route does exactly; why.
     Unsupported(String),
 }
@@ -232,17 +232,17 @@ pub fn plan(
             Err(reason) => return Ok(Direct::Unsupported(reason)),
         }
     }
-    let plan = super::finish(
+    let mut plan = super::finish(
         PathBuf::new(),
         stand_in,
         archive_prefix,
         members,
         warnings,
         hook_dir.as_deref(),
-        packages.iter().map(recorded).collect(),
         options,
     );
-    Ok(Direct::Plan(plan, Listing(listing)))
+    plan.packages = packages.iter().map(recorded).collect();
+    Ok(Direct::Plan(Box::new(plan), Listing(listing)))
 }
 
 /// What the package's `conda-meta` record will say of it.

@@ -407,20 +407,22 @@ pub fn plan(
     });
     reporter.on_stage_end(Stage::Scan);
     let scanned = scanned.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(finish(
+    let mut plan = finish(
         prefix,
         source_prefix,
         archive_prefix,
         scanned,
         warnings,
         hook_dir.as_deref(),
-        records.packages,
         options,
-    ))
+    );
+    plan.packages = records.packages;
+    Ok(plan)
 }
 
 /// The plan from its scanned members (in path order): what envpack generates added, parent
-/// folders added, sorted into archive order.
+/// folders added, sorted into archive order, the manifest first. Its `packages` are left for
+/// the caller to fill in.
 fn finish(
     prefix: PathBuf,
     source_prefix: String,
@@ -428,7 +430,6 @@ fn finish(
     scanned: Vec<Scanned>,
     mut warnings: Vec<Notice>,
     hook_dir: Option<&str>,
-    packages: Vec<walk::Recorded>,
     options: &PackOptions,
 ) -> PackPlan {
     let mut members = Vec::with_capacity(scanned.len() + 16);
@@ -485,7 +486,8 @@ fn finish(
         warnings,
         format: options.format,
         level: options.level,
-        packages,
+        // The caller's: from the prefix's records, or the packages planned.
+        packages: Vec::new(),
         mtime: options.mtime,
     }
 }
