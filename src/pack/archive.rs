@@ -11,7 +11,7 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::compress::{Compression, ParallelEncoder};
+use super::compress::{Compression, LevelError, ParallelEncoder};
 use super::relocate;
 use super::{Body, Member, PackError, PackPlan};
 use crate::report::{SharedReporter, Stage};
@@ -374,21 +374,22 @@ pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Resu
     Ok(total)
 }
 
-/// Maps a format to its compression (`None` for a folder).
-#[must_use]
-pub fn compression_for(format: super::Format, level: Option<i32>) -> Option<Compression> {
-    match format {
-        super::Format::TarGz => Some(Compression::Gzip {
-            level: level.map_or(Compression::DEFAULT_GZIP_LEVEL, |l| {
-                l.clamp(0, 9).unsigned_abs()
-            }),
-        }),
-        super::Format::TarZst => Some(Compression::Zstd {
-            level: level.map_or(Compression::DEFAULT_ZSTD_LEVEL, |l| l.clamp(1, 22)),
-        }),
+/// The compression of a format at `level` (its default if `None`; `None` for a folder), or
+/// the error saying the format's range.
+pub fn compression_for(
+    format: super::Format,
+    level: Option<i32>,
+) -> Result<Option<Compression>, LevelError> {
+    Ok(match format {
+        super::Format::TarGz => {
+            Some(level.map_or(Ok(Compression::gzip()), Compression::gzip_level)?)
+        }
+        super::Format::TarZst => {
+            Some(level.map_or(Ok(Compression::zstd()), Compression::zstd_level)?)
+        }
         super::Format::Tar => Some(Compression::None),
         super::Format::Dir => None,
-    }
+    })
 }
 
 #[cfg(test)]

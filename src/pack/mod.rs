@@ -96,6 +96,9 @@ pub enum PackError {
         #[source]
         source: std::io::Error,
     },
+    /// A compression level outside its format's range.
+    #[error(transparent)]
+    Level(#[from] compress::LevelError),
     /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -307,7 +310,7 @@ pub struct PackPlan {
     pub warnings: Vec<Notice>,
     /// Output format.
     pub format: Format,
-    /// Compression level.
+    /// Compression level (checked by [`archive::compression_for`]).
     pub level: Option<i32>,
     /// The modification time of every member.
     pub mtime: u64,
@@ -362,6 +365,8 @@ pub fn plan(
     pool: &rayon::ThreadPool,
     reporter: &SharedReporter,
 ) -> Result<PackPlan, PackError> {
+    // Before any work: a level out of range is the user's to fix.
+    archive::compression_for(options.format, options.level)?;
     let prefix = fs_err::canonicalize(prefix)?;
     let source_prefix = prefix
         .to_str()
@@ -998,7 +1003,7 @@ pub fn execute(
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
-    let size = if let Some(c) = archive::compression_for(plan.format, plan.level) {
+    let size = if let Some(c) = archive::compression_for(plan.format, plan.level)? {
         reporter.on_stage_start(Stage::Pack, Some(archive::tar_size(plan)));
         archive::write_tar(plan, output, c, pool, reporter)?
     } else {
