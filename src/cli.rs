@@ -168,7 +168,7 @@ pub struct PackArgs {
     #[arg(long, hide = true)]
     pub via_prefix: bool,
 
-    /// Threads for scanning and compression (default: all cores).
+    /// Threads in all, for scanning, reading and compressing (default: all cores).
     #[arg(short = 'j', long, value_name = "N")]
     pub threads: Option<usize>,
 

@@ -44,6 +44,10 @@ impl<W: Write> Write for Progress<W> {
 
 /// Writes the plan as a tar stream compressed with `compression` to `out` (through a
 /// temporary file beside it). Returns the archive's size.
+///
+/// The tar stream is written from one of `pool`'s threads, which compresses blocks too
+/// whenever the compression queue is full: `-j N` means N threads in all, and reading,
+/// relocating and compressing overlap on them.
 pub fn write_tar(
     plan: &PackPlan,
     out: &Path,
@@ -56,6 +60,24 @@ pub fn write_tar(
         .as_file()
         .try_clone()
         .map_err(PackError::io(tmp.path()))?;
+    let file = Arc::clone(&pool)
+        .install(|| write_tar_stream(plan, file, tmp.path(), compression, pool, reporter))?;
+    file.sync_all().map_err(PackError::io(tmp.path()))?;
+    let size = file.metadata().map_err(PackError::io(tmp.path()))?.len();
+    set_output_mode(tmp.path())?;
+    tmp.persist(out).map_err(|e| PackError::io(out)(e.error))?;
+    Ok(size)
+}
+
+/// The tar stream of `plan`, compressed, into `file` (the temporary at `path`).
+fn write_tar_stream(
+    plan: &PackPlan,
+    file: File,
+    path: &Path,
+    compression: Compression,
+    pool: Arc<rayon::ThreadPool>,
+    reporter: &SharedReporter,
+) -> Result<File, PackError> {
     let encoder = ParallelEncoder::new(BufWriter::with_capacity(1 << 20, file), compression, pool);
     let mut w = Progress {
         inner: encoder,
@@ -69,18 +91,12 @@ pub fn write_tar(
         })?;
     }
     // End of archive: two zero blocks.
-    w.write_all(&[0u8; 1024])
-        .map_err(PackError::io(tmp.path()))?;
+    w.write_all(&[0u8; 1024]).map_err(PackError::io(path))?;
     reporter.on_progress(Stage::Pack, w.pending);
-    let buffered = w.inner.finish().map_err(PackError::io(tmp.path()))?;
-    let file = buffered
+    let buffered = w.inner.finish().map_err(PackError::io(path))?;
+    buffered
         .into_inner()
-        .map_err(|e| PackError::io(tmp.path())(e.into_error()))?;
-    file.sync_all().map_err(PackError::io(tmp.path()))?;
-    let size = file.metadata().map_err(PackError::io(tmp.path()))?.len();
-    set_output_mode(tmp.path())?;
-    tmp.persist(out).map_err(|e| PackError::io(out)(e.error))?;
-    Ok(size)
+        .map_err(|e| PackError::io(path)(e.into_error()))
 }
 
 /// The folder of `out` and the name prefix of its hidden `.<name>.XXXX.partial` temporary:
