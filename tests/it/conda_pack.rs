@@ -560,6 +560,43 @@ fn archive_mode_is_0644_less_the_umask_never_0600() {
 }
 
 #[test]
+fn out_of_range_compression_levels_are_refused() {
+    let f = Fixture::new();
+    let prefix = f.existing("stage");
+    for (name, level, message) in [
+        (
+            "env.tar.gz",
+            "10",
+            "compression level 10 is out of range: gzip takes 0 to 9",
+        ),
+        (
+            "env.tar.zst",
+            "23",
+            "compression level 23 is out of range: zstd takes",
+        ),
+    ] {
+        let out = f.path().join(name);
+        let err = run_err(&mut pack_prefix(
+            &prefix,
+            &out,
+            &["--compress-level", level],
+        ));
+        assert!(stderr(&err).contains(message), "{}", stderr(&err));
+        assert!(!out.exists());
+    }
+    // The ends of the ranges are fine, and gzip reads level 0 (stored) and 9.
+    for level in ["0", "9"] {
+        let out = f.path().join(format!("level{level}.tar.gz"));
+        run_ok(&mut pack_prefix(
+            &prefix,
+            &out,
+            &["--compress-level", level],
+        ));
+        run_ok(Command::new("gzip").arg("-t").arg(&out));
+    }
+}
+
+#[test]
 fn two_packages_providing_one_path_give_one_member() {
     let f = Fixture::new();
     let out = f.path().join("env.tar");

@@ -102,6 +102,9 @@ fn packing_twice_gives_the_same_bytes_whatever_the_threads_and_work_dir() {
         f.pack(&a, &["-j", "1", "--work-dir", wa.to_str().unwrap()]);
         f.pack(&b, &["-j", "2", "--work-dir", wb.to_str().unwrap()]);
         assert_same_bytes(&a, &b);
+        let c = f.path().join(format!("c.{ext}"));
+        f.pack(&c, &["-j", "4"]);
+        assert_same_bytes(&a, &c);
     }
     // The same for an existing environment packed from two places.
     let one = f.existing("one");
