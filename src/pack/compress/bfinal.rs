@@ -18,6 +18,7 @@ pub struct FinalBlock {
 
 /// Locates the final block of the raw deflate stream `data`. `None` if `data` is not a
 /// complete, valid deflate stream.
+#[must_use]
 pub fn find(data: &[u8]) -> Option<FinalBlock> {
     let mut bits = Bits::new(data);
     loop {
@@ -52,6 +53,7 @@ pub fn find(data: &[u8]) -> Option<FinalBlock> {
 /// Turns the raw deflate stream in `out` into one that does not end: its final block becomes
 /// an ordinary block and an empty stored block follows (byte-aligned, as zlib's sync flush).
 /// `None` (and `out` unchanged) if `out` is not a valid deflate stream.
+#[must_use]
 pub fn unfinish(out: &mut Vec<u8>) -> Option<()> {
     let last = find(out)?;
     out[last.header / 8] &= !(1u8 << (last.header % 8));
@@ -59,10 +61,10 @@ pub fn unfinish(out: &mut Vec<u8>) -> Option<()> {
     // up to the byte boundary are zero padding, then LEN = 0 and NLEN = 0xffff.
     out.truncate(last.end.div_ceil(8));
     out.resize((last.end + 3).div_ceil(8), 0);
-    if let Some(tail) = last.end.checked_rem(8).filter(|&r| r != 0) {
+    let tail = last.end % 8;
+    if tail != 0 {
         // Padding bits after the end-of-block code are not guaranteed zero: clear them.
-        let byte = last.end / 8;
-        out[byte] &= (1u8 << tail) - 1;
+        out[last.end / 8] &= (1u8 << tail) - 1;
     }
     out.extend_from_slice(&[0, 0, 0xff, 0xff]);
     Some(())
@@ -89,7 +91,7 @@ impl<'a> Bits<'a> {
     }
 
     /// Loads bits: afterwards at least 56 are buffered, unless the input ends first.
-    #[inline(always)]
+    #[inline]
     fn refill(&mut self) {
         if let Some(word) = self.data.get(self.pos..self.pos + 8) {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
@@ -106,15 +108,14 @@ impl<'a> Bits<'a> {
     }
 
     /// The next `n` (at most 32) buffered bits, without consuming them.
-    #[inline(always)]
+    #[inline]
+    #[allow(clippy::cast_possible_truncation)]
     fn peek(&self, n: u32) -> u32 {
-        #[allow(clippy::cast_possible_truncation)]
-        let bits = (self.buf & ((1u64 << n) - 1)) as u32;
-        bits
+        (self.buf & ((1u64 << n) - 1)) as u32
     }
 
     /// Consumes `n` buffered bits; `None` past the end of the input.
-    #[inline(always)]
+    #[inline]
     fn skip(&mut self, n: u32) -> Option<()> {
         if n > self.count {
             return None;
@@ -244,7 +245,7 @@ impl Table {
     }
 
     /// Decodes one symbol. Needs 15 buffered bits (or the end of the input).
-    #[inline(always)]
+    #[inline]
     fn decode(&self, bits: &mut Bits<'_>) -> Option<u32> {
         let mut entry = self.entries[bits.peek(self.bits) as usize];
         if entry & SUBTABLE != 0 {
@@ -412,7 +413,7 @@ mod tests {
                 // The final block ends in the stream's last byte (then zero padding).
                 assert!(last.end <= stream.len() * 8 && last.end > stream.len() * 8 - 8);
                 assert!(last.header < last.end);
-                assert_eq!(stream[last.header / 8] >> (last.header % 8) & 1, 1);
+                assert_eq!((stream[last.header / 8] >> (last.header % 8)) & 1, 1);
             }
         }
     }
