@@ -72,9 +72,15 @@ use rayon::ThreadPool;
 pub const MIN_BLOCK_SIZE: usize = 64 * 1024;
 
 /// A compression level within the range of its kind: made only by [`Compression::gzip_level`]
-/// and [`Compression::zstd_level`], which refuse the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// and [`Compression::zstd_level`], which refuse the others. Debug-prints as the number.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Level(i32);
+
+impl fmt::Debug for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl Level {
     /// The level as a number.

@@ -225,7 +225,8 @@ impl PackOptions {
         format!(
             "format={}\ncompression={:?}\narcroot={arcroot:?}\ndest-prefix={:?}\nfilters={:?}\nauto-relocate={}\nmtime={}\n",
             self.format,
-            archive::compression_for(self.format, self.level),
+            archive::compression_for(self.format, self.level)
+                .map_or_else(|e| e.to_string(), |c| format!("{c:?}")),
             self.dest_prefix.as_deref().map(|d| d.trim_end_matches('/')),
             self.filters,
             self.auto_relocate,
