@@ -223,7 +223,7 @@ impl PackOptions {
             .map(|r| r.trim_matches('/'))
             .filter(|r| !r.is_empty());
         format!(
-            "format={}\ncompression={:?}\narcroot={arcroot:?}\ndest-prefix={:?}\nfilters={:?}\nauto-relocate={}\nmtime={}\n",
+            "format={}\ncompression={}\narcroot={arcroot:?}\ndest-prefix={:?}\nfilters={:?}\nauto-relocate={}\nmtime={}\n",
             self.format,
             archive::compression_for(self.format, self.level)
                 .map_or_else(|e| e.to_string(), |c| format!("{c:?}")),
