@@ -142,7 +142,7 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "bee117032b275cb0a8395a263582db5973152a133691f8b8525b9d89dce38199",
+        "348cc0ed8289e2dae9e2e0c1b50e9a780a89657ab5498ad1bc211db97b299b72",
     ),
     (
         "env.tar.zst",
