@@ -97,7 +97,8 @@ impl<'a> Bits<'a> {
             let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             self.buf |= word << self.count;
             self.pos += ((63 - self.count) >> 3) as usize;
-            self.count |= 56;
+            // 56 to 63 bits buffered now (whole bytes were loaded up to 63).
+            self.count |= 0b11_1000;
         } else {
             while self.count <= 56 && self.pos < self.data.len() {
                 self.buf |= u64::from(self.data[self.pos]) << self.count;
