@@ -14,11 +14,60 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 pub enum Command {
     /// Solve, install and pack an environment file, a model, a model repository, or an
     /// existing environment (--prefix).
     #[command(after_long_help = MODELS_HELP)]
     Pack(PackArgs),
+    /// Extract an envpack or conda-pack archive (or a `--format dir` folder) into DEST and
+    /// relocate it there, as its conda-unpack would, without Python.
+    #[command(after_long_help = UNPACK_HELP)]
+    Unpack(UnpackArgs),
+}
+
+/// For `envpack unpack --help`.
+const UNPACK_HELP: &str = "\
+ARCHIVE is a tar archive (gzip, zstd, bzip2 or plain: recognised by its content, not its
+name) or a folder written by `envpack pack --format dir`. DEST must not exist, or be an empty
+folder; it appears only when everything succeeded.
+
+Members with absolute names or `..`, members written through a symlink, hard links to
+anything but a file of the archive, and devices or FIFOs are refused. When the archive's
+manifest (conda-meta/envpack.json) lists file digests, they are checked. Files are then
+relocated as the archive's own conda-unpack would (envpack's and conda-pack's alike), and an
+envpack environment is marked relocated: its first activation does nothing more.
+
+  envpack unpack model-conda.tar.gz /opt/envs/model
+  envpack unpack env.tar.gz ./build/env --dest-prefix /opt/env   # moved to /opt/env later";
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The archive, or a folder written by `envpack pack --format dir`.
+    pub archive: PathBuf,
+
+    /// The folder to create (it must not exist, or be empty).
+    pub dest: PathBuf,
+
+    /// Relocate for this path instead of DEST: the folder will be moved there.
+    #[arg(long, value_name = "DIR")]
+    pub dest_prefix: Option<String>,
+
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bars, no summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// No progress bars (warnings still print).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// More logs (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// How PATH is read, for `envpack pack --help`.

@@ -1,7 +1,7 @@
 //! The error of a whole run: one variant per stage, each with its own typed error, and what
 //! the user can do about it. The binary renders it once, with its causes and a hint.
 
-use crate::{channels, install, manifest, pack, settings, solve, spec, targets};
+use crate::{channels, install, manifest, pack, settings, solve, spec, targets, unpack};
 
 /// Every error envpack reports.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum Error {
     /// Triton and MLServer models.
     #[error(transparent)]
     Target(#[from] targets::TargetError),
+    /// `envpack unpack`.
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
     /// The thread pool for `--threads` could not be started.
     #[error("cannot start the thread pool")]
     ThreadPool(#[source] rayon::ThreadPoolBuildError),
@@ -54,6 +57,12 @@ impl Error {
                 "add `python` and `pip` to `dependencies`, and pack for the platform of this machine".into(),
             ),
             Error::Target(t) => t.hint(),
+            Error::Unpack(unpack::UnpackError::DestExists { .. }) => {
+                Some("unpack into a folder that does not exist yet, or an empty one".into())
+            }
+            Error::Unpack(unpack::UnpackError::Relocate { .. }) => Some(
+                "unpack to a shorter path, or give --dest-prefix with the shorter path the folder will be moved to".into(),
+            ),
             _ => None,
         }
     }
@@ -65,7 +74,8 @@ impl Error {
             Error::Settings(e) => e.is_usage(),
             Error::Channel(_)
             | Error::Solve(solve::SolveError::InvalidSetting { .. })
-            | Error::Pack(pack::PackError::NoOutputFolder { .. }) => true,
+            | Error::Pack(pack::PackError::NoOutputFolder { .. })
+            | Error::Unpack(unpack::UnpackError::BadPrefix(_)) => true,
             _ => false,
         }
     }

@@ -8,7 +8,8 @@
 //!   `paths`;
 //! - engines: `solve` (repodata + resolvo), `install` (rattler's installer, then pip), `pack`
 //!   (walk, relocate, archive, compress);
-//! - domain: `targets` (Triton and MLServer models: detection, checks, config editing);
+//! - domain: `targets` (Triton and MLServer models: detection, checks, config editing),
+//!   `unpack` (`envpack unpack`: safe extraction and native relocation, with pack's rewriting);
 //! - `settings` (arguments and environment variables, resolved once), `error` (the error of a
 //!   run), `pipeline` (the engine: one environment to one archive), `models` (models and
 //!   repositories, driving the engine);
@@ -28,6 +29,7 @@ mod settings;
 mod solve;
 mod spec;
 mod targets;
+mod unpack;
 
 pub use cleanup::remove_all as remove_temporaries;
 pub use error::Error;
@@ -37,6 +39,7 @@ pub use pack::{ARCHIVE_PREFIX, Filter, Format};
 pub use pipeline::{PackageSummary, Route, Summary};
 pub use report::{Notice, Reporter, Severity, SharedReporter, Stage, Timings};
 pub use settings::{Request, Settings, SettingsError};
+pub use unpack::{Origin, UnpackError, UnpackOptions, Unpacked, Unsafe, unpack};
 
 use serde::Serialize;
 
@@ -94,6 +97,7 @@ mod layering {
         ("install", 2),
         ("pack", 2),
         ("targets", 3),
+        ("unpack", 3),
         ("settings", 4),
         ("error", 5),
         ("pipeline", 6),

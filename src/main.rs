@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, UnpackArgs};
 use envpack::{Error, ModelsReport, Report, Settings, SharedReporter, Summary};
 
 fn main() -> ExitCode {
@@ -56,6 +56,61 @@ fn main() -> ExitCode {
                 Err(e) => report(&e),
             }
         }
+        Command::Unpack(args) => unpack(&args),
+    }
+}
+
+/// `envpack unpack ARCHIVE DEST`.
+fn unpack(args: &UnpackArgs) -> ExitCode {
+    let bars = Arc::new(progress::Bars::new(!args.quiet && !args.no_progress));
+    init_logging(args.verbose, bars.clone());
+    let options = envpack::UnpackOptions {
+        dest_prefix: args.dest_prefix.clone(),
+    };
+    let reporter: SharedReporter = bars;
+    match envpack::unpack(&args.archive, &args.dest, &options, &reporter) {
+        Ok(u) => {
+            let mut out = std::io::stdout().lock();
+            let printed = if args.json {
+                serde_json::to_writer_pretty(&mut out, &u)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
+            } else if args.quiet {
+                Ok(())
+            } else {
+                let how = match (&u.prefix, u.origin) {
+                    (Some(p), o) => format!(
+                        "{} files relocated for {p} ({})",
+                        u.relocated,
+                        if o == envpack::Origin::CondaPack {
+                            "conda-pack archive"
+                        } else {
+                            "envpack archive"
+                        }
+                    ),
+                    (None, _) => "not relocated".into(),
+                };
+                let verified = if u.verified > 0 {
+                    format!(", {} digests checked", u.verified)
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "unpacked {} into {} ({} files, {how}{verified})",
+                    u.archive.display(),
+                    u.root.display(),
+                    u.files
+                )
+            };
+            if let Err(e) = printed
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                let _ = writeln!(std::io::stderr(), "error: cannot write the summary: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&Error::from(e)),
     }
 }
 

@@ -48,9 +48,9 @@ impl Bars {
     fn style(stage: Stage) -> ProgressStyle {
         let template = match stage {
             Stage::Solve | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
-            Stage::Scan => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
+            Stage::Scan | Stage::Relocate => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
             Stage::Link => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} packages",
-            Stage::Install | Stage::Pack => {
+            Stage::Install | Stage::Pack | Stage::Extract => {
                 "{spinner} {prefix:>8} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}"
             }
         };

@@ -27,6 +27,10 @@ pub enum Stage {
     Scan,
     /// Writing and compressing the archive.
     Pack,
+    /// Extracting an archive (`envpack unpack`; bytes of the archive read).
+    Extract,
+    /// Rewriting the files of an unpacked environment for its new prefix (files).
+    Relocate,
 }
 
 impl Stage {
@@ -40,6 +44,8 @@ impl Stage {
             Stage::Pip => "pip",
             Stage::Scan => "scan",
             Stage::Pack => "pack",
+            Stage::Extract => "extract",
+            Stage::Relocate => "relocate",
         }
     }
 }

@@ -145,7 +145,7 @@ fn set_output_mode(path: &Path) -> Result<(), PackError> {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(PackError::from)
 }
 
-fn umask() -> u32 {
+pub(crate) fn umask() -> u32 {
     // The umask can only be read by setting it; read it from /proc instead.
     std::fs::read_to_string("/proc/self/status")
         .ok()
