@@ -47,11 +47,18 @@ use crate::support::{self, Kind, ensure, envpack, run_ok, sha256_file};
 use crate::{Case, Needs};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "parity::conda_pack_and_envpack_unpack_to_the_same_files",
-        needs: &[Needs::Channel, Needs::Servers],
-        run: conda_pack_and_envpack_unpack_to_the_same_files,
-    }]
+    vec![
+        Case {
+            name: "parity::conda_pack_and_envpack_unpack_to_the_same_files",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: conda_pack_and_envpack_unpack_to_the_same_files,
+        },
+        Case {
+            name: "parity::envpack_unpack_leaves_what_each_conda_unpack_leaves",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: envpack_unpack_leaves_what_each_conda_unpack_leaves,
+        },
+    ]
 }
 
 /// One tree entry: a folder, a symlink and its target, or a file's executable bit and hash.
@@ -281,5 +288,110 @@ fn conda_pack_and_envpack_unpack_to_the_same_files() -> Result<(), Failed> {
         cp.len() > 1000 && ep.contains_key("lib/python3.11/site-packages/numpy/__init__.py"),
         format!("only {} entries compared", cp.len()),
     )?;
+    Ok(())
+}
+
+/// The differences between two trees, at most 30 named.
+fn tree_differences(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec<String> {
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(30)
+        .map(|k| format!("{k}: {:?} / {:?}", a.get(k), b.get(k)))
+        .collect()
+}
+
+/// `envpack unpack` against each tool's own `conda-unpack`: the same environment packed by
+/// conda-pack 0.9.2 and by envpack, each extracted with tar and unpacked with its own script,
+/// then unpacked at the same path by `envpack unpack` (no Python involved): the trees are the
+/// same, file by file (contents, executable bits, symlinks). The one difference allowed: the
+/// lock file envpack's Python `conda-unpack` creates in `share/envpack/`.
+fn envpack_unpack_leaves_what_each_conda_unpack_leaves() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let conda_pack = servers.root.join("condapack/bin/conda-pack");
+    ensure(
+        conda_pack.is_file(),
+        format!("{} is missing", conda_pack.display()),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let (envpack_tarball, staging) = pack_env(dir.path(), &["python=3.11", "numpy", "six"], &[]);
+    let cp_tarball = dir.path().join("conda-pack.tar.gz");
+    run_ok(
+        Command::new(&conda_pack)
+            .arg("-p")
+            .arg(staging.join("env"))
+            .arg("-o")
+            .arg(&cp_tarball)
+            .arg("-q"),
+    );
+    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
+    let target = base.path().join("env");
+    for (name, tarball, script) in [
+        ("conda-pack", &cp_tarball, true),
+        ("envpack", &envpack_tarball, false),
+    ] {
+        support::extract(tarball, &target);
+        let mut cmd = if script {
+            // conda-pack's conda-unpack is `#!/usr/bin/env python`.
+            let mut c = Command::new("python3");
+            c.arg(target.join("bin/conda-unpack"));
+            c
+        } else {
+            Command::new(target.join("bin/conda-unpack"))
+        };
+        run_ok(cmd.current_dir(&target));
+        let mut by_script = tree(&target);
+        by_script.remove("share/envpack/.lock");
+        std::fs::remove_dir_all(&target)?;
+        let started = Instant::now();
+        let out = run_ok(
+            envpack()
+                .args(["unpack", "--json"])
+                .arg(tarball)
+                .arg(&target),
+        );
+        let took = started.elapsed();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure(
+            v["origin"] == name && v["relocated"].as_u64().unwrap_or(0) > 10,
+            format!("{name}: {v}"),
+        )?;
+        let by_envpack = tree(&target);
+        let differences = tree_differences(&by_script, &by_envpack);
+        ensure(
+            differences.is_empty(),
+            format!(
+                "{name}: conda-unpack / envpack unpack differ:\n{}",
+                differences.join("\n")
+            ),
+        )?;
+        ensure(
+            by_envpack.len() > 1000,
+            format!("{name}: only {} entries", by_envpack.len()),
+        )?;
+        // And the environment works where it is, without any further step.
+        let py = run_ok(
+            Command::new(target.join("bin/python"))
+                .args(["-c", "import numpy, six, sys; print(sys.prefix)"])
+                .env("ENVPACK_RELOCATE_LOG", base.path().join("log")),
+        );
+        ensure(
+            String::from_utf8_lossy(&py.stdout).trim() == target.display().to_string(),
+            format!(
+                "{name}: sys.prefix is {}",
+                String::from_utf8_lossy(&py.stdout)
+            ),
+        )?;
+        ensure(
+            !base.path().join("log").exists(),
+            format!("{name}: the first Python start relocated files again"),
+        )?;
+        eprintln!(
+            "unpack parity ({name}): {} entries identical; envpack unpack took {:.2} s",
+            by_envpack.len(),
+            took.as_secs_f64()
+        );
+        std::fs::remove_dir_all(&target)?;
+    }
     Ok(())
 }

@@ -14,6 +14,8 @@
 //! - [`determinism`]: the same bytes wherever and however packed, and a pinned digest.
 //! - [`routes`]: straight from the package cache and through a staging prefix, one archive.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
+//! - [`unpack`]: `envpack unpack`: hostile archives refused, envpack's and conda-pack's
+//!   archives relocated natively, manifests checked, the fuzz seed corpus replayed.
 
 // Scenario tests read best as one story each, with short names (f = fixture, t = target).
 #![allow(
@@ -35,3 +37,4 @@ mod models;
 mod pipeline;
 mod routes;
 mod scripts;
+mod unpack;
