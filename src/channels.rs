@@ -181,6 +181,27 @@ impl ChannelMap {
         }
     }
 
+    /// Where a canonical package or channel URL is fetched from, if a mirror applies (the
+    /// longest matching prefix): (the mirrored URL, the mirror's FROM prefix, its TO prefix).
+    /// Locked builds fetch the canonical URLs of a lock file through this.
+    #[must_use]
+    pub fn mirror_url(&self, canonical: &str) -> Option<(String, String, String)> {
+        self.mirrors
+            .iter()
+            .filter_map(|m| {
+                let rest = canonical.strip_prefix(&m.from)?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((m, rest))
+            })
+            .max_by_key(|(m, _)| m.from.len())
+            .map(|(m, rest)| (format!("{}{rest}", m.to), m.from.clone(), m.to.clone()))
+    }
+
+    /// The channel alias names are relative to.
+    #[must_use]
+    pub fn alias(&self) -> &Url {
+        &self.alias
+    }
+
     /// The mirror URL for `canonical`, if a mirror applies (the longest matching prefix).
     fn mirrored(&self, canonical: &Url) -> Option<Url> {
         let c = trim_slash(canonical.as_str());
@@ -259,7 +280,6 @@ impl UrlRewrites {
     }
 
     /// Rewrites from explicit (fetch prefix, canonical prefix) pairs, longest first.
-    #[cfg(test)]
     #[must_use]
     pub fn from_pairs(mut pairs: Vec<(String, String)>) -> Self {
         pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.cmp(b)));

@@ -84,6 +84,8 @@ impl SpecError {
 /// One conda dependency.
 #[derive(Debug, Clone)]
 pub struct Dependency {
+    /// The line as written (a lock records it, to name what changed).
+    pub text: String,
     /// The channel of a `channel::package` spec, as written.
     pub channel: Option<String>,
     /// The parsed spec, without its channel (the solver resolves that with our channel map).
@@ -291,7 +293,11 @@ fn parse_dependency(path: &Path, text: &str) -> Result<Dependency, SpecError> {
             source,
         }
     })?;
-    Ok(Dependency { channel, spec })
+    Ok(Dependency {
+        text: trimmed.to_string(),
+        channel,
+        spec,
+    })
 }
 
 /// Lowercase hex of bytes.

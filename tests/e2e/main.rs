@@ -10,6 +10,7 @@
 mod support;
 
 mod docs;
+mod lock;
 mod mlserver;
 mod pack;
 mod parity;
@@ -81,6 +82,7 @@ fn main() {
     let required = std::env::var("ENVPACK_E2E_REQUIRE").is_ok_and(|v| !v.is_empty() && v != "0");
     let cases: Vec<Case> = [
         docs::cases(),
+        lock::cases(),
         pack::cases(),
         parity::cases(),
         pip::cases(),
