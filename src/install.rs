@@ -13,6 +13,7 @@ use rattler::install::{Installer, LinkOptions, Transaction};
 use rattler::package_cache::PackageCache;
 use rattler_conda_types::{PrefixRecord, RepoDataRecord, Subdir};
 
+use crate::lock::LockedPip;
 use crate::report::{Notice, SharedReporter, Stage};
 
 /// Errors of installing.
@@ -60,6 +61,14 @@ pub enum InstallError {
         status: std::process::ExitStatus,
         /// The tail of what it printed.
         output: String,
+    },
+    /// A `pip:` package that cannot be locked (no archive with a hash).
+    #[error("cannot lock the pip package `{name}`: {reason}")]
+    PipUnlockable {
+        /// The package.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
     #[error(transparent)]
@@ -354,15 +363,11 @@ pub fn install_pip(
     base_dir: &Path,
     work_dir: &Path,
     tool: &PipTool,
+    require_hashes: bool,
     reporter: &SharedReporter,
 ) -> Result<(), InstallError> {
     reporter.on_stage_start(Stage::Pip, None);
-    let requirements = work_dir.join("pip-requirements.txt");
-    let text: String = lines
-        .iter()
-        .map(|l| absolutize_requirement_line(l, base_dir) + "\n")
-        .collect();
-    fs_err::write(&requirements, text)?;
+    let requirements = write_requirements(lines, base_dir, work_dir)?;
     let python = prefix.join("bin/python");
     let mut cmd = match tool {
         PipTool::Pip => {
@@ -384,7 +389,37 @@ pub fn install_pip(
             c
         }
     };
+    if require_hashes {
+        cmd.arg("--require-hashes");
+    }
     cmd.arg("-r").arg(&requirements);
+    run_pip(&mut cmd, base_dir)?;
+    for replaced in forget_replaced_conda_packages(prefix)? {
+        reporter.on_notice(&Notice::warning(format!(
+            "pip replaced the conda package {replaced}; the environment keeps pip's version"
+        )));
+    }
+    reporter.on_stage_end(Stage::Pip);
+    Ok(())
+}
+
+/// Writes the `pip:` lines as a requirements file in `work_dir`, paths made absolute.
+fn write_requirements(
+    lines: &[String],
+    base_dir: &Path,
+    work_dir: &Path,
+) -> Result<PathBuf, InstallError> {
+    let requirements = work_dir.join("pip-requirements.txt");
+    let text: String = lines
+        .iter()
+        .map(|l| absolutize_requirement_line(l, base_dir) + "\n")
+        .collect();
+    fs_err::write(&requirements, text)?;
+    Ok(requirements)
+}
+
+/// Runs pip (or uv) in `base_dir` with the environment of the caller's Python removed.
+fn run_pip(cmd: &mut Command, base_dir: &Path) -> Result<(), InstallError> {
     cmd.current_dir(base_dir)
         .env("PYTHONNOUSERSITE", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -409,12 +444,187 @@ pub fn install_pip(
         });
     }
     tracing::debug!("{}", String::from_utf8_lossy(&out.stdout));
-    for replaced in forget_replaced_conda_packages(prefix)? {
-        reporter.on_notice(&Notice::warning(format!(
-            "pip replaced the conda package {replaced}; the environment keeps pip's version"
-        )));
+    Ok(())
+}
+
+/// What pip would install for the `pip:` lines into `prefix` (where the conda packages are
+/// installed), resolved by the environment's own pip (`pip install --dry-run --report`), so
+/// for its Python and platform, offline when the lines say so: the exact versions, archive
+/// URLs and sha256 a lock records.
+pub fn resolve_pip(
+    prefix: &Path,
+    lines: &[String],
+    base_dir: &Path,
+    work_dir: &Path,
+) -> Result<Vec<LockedPip>, InstallError> {
+    if !prefix.join("bin/python").is_file() || !has_pip(prefix) {
+        return Err(InstallError::PipUnavailable {
+            reason: "locking it needs `pip` in the environment: add it to `dependencies`".into(),
+        });
     }
-    reporter.on_stage_end(Stage::Pip);
+    let requirements = write_requirements(lines, base_dir, work_dir)?;
+    let report = work_dir.join("pip-report.json");
+    let mut cmd = Command::new(prefix.join("bin/python"));
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--report",
+    ])
+    .arg(&report)
+    .arg("-r")
+    .arg(&requirements);
+    run_pip(&mut cmd, base_dir)?;
+    let text = fs_err::read_to_string(&report)?;
+    parse_pip_report(&text, &format!("{cmd:?}"))
+}
+
+fn has_pip(prefix: &Path) -> bool {
+    fs_err::read_dir(prefix.join("lib")).is_ok_and(|dirs| {
+        dirs.filter_map(Result::ok)
+            .any(|d| d.path().join("site-packages/pip").is_dir())
+    })
+}
+
+/// The packages of a `pip install --report` (format version 1).
+fn parse_pip_report(text: &str, command: &str) -> Result<Vec<LockedPip>, InstallError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| InstallError::PipFailed {
+        command: command.to_string(),
+        status: std::process::ExitStatus::default(),
+        output: format!("its --report is not JSON: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for item in v["install"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let meta = &item["metadata"];
+        let name = meta["name"].as_str().unwrap_or_default().to_string();
+        let version = meta["version"].as_str().unwrap_or_default().to_string();
+        let info = &item["download_info"];
+        let url = info["url"].as_str().unwrap_or_default().to_string();
+        let unlockable = |reason: &str| {
+            Err(InstallError::PipUnlockable {
+                name: name.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        if info.get("dir_info").is_some() {
+            return unlockable(&format!("it is installed from the folder {url}"));
+        }
+        if info.get("vcs_info").is_some() {
+            return unlockable(&format!("it is installed from version control ({url})"));
+        }
+        let archive = &info["archive_info"];
+        let sha256 = archive["hashes"]["sha256"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                archive["hash"]
+                    .as_str()
+                    .and_then(|h| h.strip_prefix("sha256="))
+                    .map(str::to_string)
+            });
+        if sha256.is_none() {
+            return unlockable(&format!("pip reports no sha256 for {url}"));
+        }
+        let dependencies = meta["requires_dist"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.as_str())
+            .filter_map(requirement_dependency)
+            .collect();
+        out.push(LockedPip {
+            name,
+            version,
+            url,
+            sha256,
+            requested: item["requested"].as_bool().unwrap_or(false),
+            dependencies,
+        });
+    }
+    out.sort_by_key(|a| a.name.to_lowercase());
+    Ok(out)
+}
+
+/// `name` and specifier (`*` for any) of a `Requires-Dist` entry, unless it belongs to an extra.
+fn requirement_dependency(req: &str) -> Option<(String, String)> {
+    let (spec, marker) = req.split_once(';').unwrap_or((req, ""));
+    if marker.contains("extra") {
+        return None;
+    }
+    let spec = spec.trim();
+    let end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(spec.len());
+    let name = &spec[..end];
+    let mut rest = spec[end..].trim();
+    if rest.starts_with('[') {
+        rest = rest.split_once(']').map_or("", |(_, r)| r.trim());
+    }
+    let rest = rest.trim_start_matches('(').trim_end_matches(')').trim();
+    (!name.is_empty()).then(|| {
+        (
+            name.to_string(),
+            if rest.is_empty() {
+                "*".to_string()
+            } else {
+                rest.replace(' ', "")
+            },
+        )
+    })
+}
+
+/// pip marks every package of a hash-checked install as `REQUESTED`; a solved install marks
+/// only those the `pip:` lines name. Removes the mark (and its `RECORD` line) from the
+/// distributions `packages` (name, version) that were installed only as dependencies.
+pub fn unmark_requested(prefix: &Path, packages: &[(String, String)]) -> Result<(), InstallError> {
+    let norm = |s: &str| s.to_lowercase().replace(['-', '.'], "_");
+    let wanted: std::collections::HashSet<(String, String)> =
+        packages.iter().map(|(n, v)| (norm(n), v.clone())).collect();
+    let lib = prefix.join("lib");
+    let Ok(pythons) = fs_err::read_dir(&lib) else {
+        return Ok(());
+    };
+    for python in pythons.filter_map(Result::ok) {
+        let site = python.path().join("site-packages");
+        let Ok(entries) = fs_err::read_dir(&site) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let dir_name = e.file_name().to_string_lossy().into_owned();
+            let Some((name, version)) = dir_name
+                .strip_suffix(".dist-info")
+                .and_then(|s| s.rsplit_once('-'))
+            else {
+                continue;
+            };
+            if !wanted.contains(&(norm(name), version.to_string())) {
+                continue;
+            }
+            let requested = e.path().join("REQUESTED");
+            if !requested.exists() {
+                continue;
+            }
+            fs_err::remove_file(&requested)?;
+            let record = e.path().join("RECORD");
+            if let Ok(text) = fs_err::read_to_string(&record) {
+                let line = format!("{dir_name}/REQUESTED,");
+                let kept: String = text
+                    .split_inclusive('\n')
+                    .filter(|l| !l.starts_with(&line))
+                    .collect();
+                fs_err::write(&record, kept)?;
+            }
+        }
+    }
     Ok(())
 }
 
