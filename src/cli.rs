@@ -19,7 +19,11 @@ pub enum Command {
     /// Solve, install and pack an environment file, a model, a model repository, or an
     /// existing environment (--prefix).
     #[command(after_long_help = MODELS_HELP)]
-    Pack(PackArgs),
+    Pack(Box<PackArgs>),
+    /// Solve an environment file (or a model's) and write its lock, conda-lock.yml, beside it:
+    /// the exact packages with their URLs and hashes, the pip: section locked too.
+    #[command(after_long_help = LOCK_HELP)]
+    Lock(Box<LockArgs>),
     /// Extract an envpack or conda-pack archive (or a `--format dir` folder) into DEST and
     /// relocate it there, as its conda-unpack would, without Python.
     #[command(after_long_help = UNPACK_HELP)]
@@ -69,6 +73,20 @@ pub struct UnpackArgs {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
+
+/// How locks are used, for `envpack lock --help`.
+const LOCK_HELP: &str = "\
+The lock is conda-lock's unified format (version 1): conda-lock and micromamba read it.
+`envpack pack` installs it instead of solving while it matches the environment file (its
+metadata.content_hash, a digest of the channels, dependency lines, pip: lines, --glibc,
+--cuda and the channel alias); --locked fails when it is missing or out of date, naming what
+changed; --frozen installs it as it is. Locked builds fetch no repodata, and install the pip:
+packages with their hashes required. PATH may also be a lock: conda-lock.yml, pixi.lock
+(-e ENV chooses its environment) or an @EXPLICIT file.
+
+  envpack lock                                 ./environment.yml -> ./conda-lock.yml
+  envpack lock env.yml --platform linux-64 --platform linux-aarch64
+  envpack pack --locked                        fails if conda-lock.yml is stale";
 
 /// How PATH is read, for `envpack pack --help`.
 const MODELS_HELP: &str = "\
@@ -257,6 +275,19 @@ pub struct PackArgs {
     #[arg(long)]
     pub no_auto_relocate: bool,
 
+    /// Fail unless a lock beside the environment file (conda-lock.yml) matches it; install
+    /// that lock without solving.
+    #[arg(long)]
+    pub locked: bool,
+
+    /// Install the lock beside the environment file as it is, even if the file changed.
+    #[arg(long, conflicts_with = "locked")]
+    pub frozen: bool,
+
+    /// The environment of a pixi.lock given as PATH or --file (default: `default`).
+    #[arg(short = 'e', long = "environment", value_name = "ENV")]
+    pub environment: Option<String>,
+
     /// No progress bars and no result line (warnings and errors still print).
     #[arg(short, long)]
     pub quiet: bool,
@@ -320,6 +351,96 @@ impl PackArgs {
             ignore_missing_files: self.ignore_missing_files,
             ignore_editable_packages: self.ignore_editable_packages,
             no_auto_relocate: self.no_auto_relocate,
+            locked: self.locked,
+            frozen: self.frozen,
+            environment: self.environment.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct LockArgs {
+    /// An environment file, a folder holding `environment.yml`, a model folder or a model
+    /// repository (each environment file is locked). Default: the current folder.
+    pub path: Option<PathBuf>,
+
+    /// The environment file to lock (of a model, or instead of PATH).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Where to write the lock (default: conda-lock.yml beside the environment file).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// A platform to lock for (repeatable; default: linux on this machine's architecture).
+    /// The pip: section can be locked for this machine's platform only.
+    #[arg(long, value_name = "SUBDIR")]
+    pub platform: Vec<String>,
+
+    /// glibc version of the target (default 2.28; also CONDA_OVERRIDE_GLIBC).
+    #[arg(long, value_name = "X.Y")]
+    pub glibc: Option<String>,
+
+    /// CUDA driver version of the target (default none; also CONDA_OVERRIDE_CUDA).
+    #[arg(long, value_name = "X.Y")]
+    pub cuda: Option<String>,
+
+    /// URL that channel names are relative to (default https://conda.anaconda.org/; also
+    /// ENVPACK_CHANNEL_ALIAS).
+    #[arg(long, value_name = "URL")]
+    pub channel_alias: Option<String>,
+
+    /// Fetch channel FROM (a name or URL prefix) from TO (a URL or folder). Repeatable; also
+    /// ENVPACK_MIRRORS="FROM=TO FROM=TO". The lock records the canonical URLs.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+
+    /// Package and repodata cache (default: rattler's, shared with pixi).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Where the staging prefix for locking the pip: section is made.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Threads (default: all cores).
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bars and no result line (warnings and errors still print).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// No progress bars (warnings still print).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// More logs (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl LockArgs {
+    /// The request (`--platform` and `-o` are the lock's own, not the request's).
+    pub fn request(&self) -> Request {
+        Request {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            platform: self.platform.first().cloned(),
+            glibc: self.glibc.clone(),
+            cuda: self.cuda.clone(),
+            channel_alias: self.channel_alias.clone(),
+            mirrors: self.mirror.clone(),
+            cache_dir: self.cache_dir.clone(),
+            work_dir: self.work_dir.clone(),
+            threads: self.threads,
+            no_check: true,
+            ..Request::default()
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The error of a whole run: one variant per stage, each with its own typed error, and what
 //! the user can do about it. The binary renders it once, with its causes and a hint.
 
-use crate::{channels, install, manifest, pack, settings, solve, spec, targets, unpack};
+use crate::{channels, install, lock, manifest, pack, settings, solve, spec, targets, unpack};
 
 /// Every error envpack reports.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum Error {
     /// `envpack unpack`.
     #[error(transparent)]
     Unpack(#[from] unpack::UnpackError),
+    /// Lock files.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// The thread pool for `--threads` could not be started.
     #[error("cannot start the thread pool")]
     ThreadPool(#[source] rayon::ThreadPoolBuildError),
@@ -56,6 +59,9 @@ impl Error {
             Error::Install(install::InstallError::PipUnavailable { .. }) => Some(
                 "add `python` and `pip` to `dependencies`, and pack for the platform of this machine".into(),
             ),
+            Error::Install(install::InstallError::PipUnlockable { .. }) => Some(
+                "name a released version (`pkg==1.2`) or a wheel file; folders, editable installs and VCS URLs have no hash to lock".into(),
+            ),
             Error::Target(t) => t.hint(),
             Error::Unpack(unpack::UnpackError::DestExists { .. }) => {
                 Some("unpack into a folder that does not exist yet, or an empty one".into())
@@ -63,6 +69,7 @@ impl Error {
             Error::Unpack(unpack::UnpackError::Relocate { .. }) => Some(
                 "unpack to a shorter path, or give --dest-prefix with the shorter path the folder will be moved to".into(),
             ),
+            Error::Lock(l) => l.hint(),
             _ => None,
         }
     }

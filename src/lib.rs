@@ -7,18 +7,20 @@
 //!   `report` (progress, notices, timings), `cleanup` (temporaries removed on interrupt),
 //!   `paths`;
 //! - engines: `solve` (repodata + resolvo), `install` (rattler's installer, then pip), `pack`
-//!   (walk, relocate, archive, compress);
+//!   (walk, relocate, archive, compress), `lock` (lock files: conda-lock, pixi, explicit);
 //! - domain: `targets` (Triton and MLServer models: detection, checks, config editing),
 //!   `unpack` (`envpack unpack`: safe extraction and native relocation, with pack's rewriting);
 //! - `settings` (arguments and environment variables, resolved once), `error` (the error of a
-//!   run), `pipeline` (the engine: one environment to one archive), `models` (models and
-//!   repositories, driving the engine);
+//!   run), `pipeline` (the engine: one environment to one archive, solved or locked), `models`
+//!   (models and repositories, driving the engine), `locking` (`envpack lock`);
 //! - this file: [`run`], which dispatches on what PATH is, and the [`Report`] it returns.
 
 mod channels;
 mod cleanup;
 mod error;
 mod install;
+mod lock;
+mod locking;
 mod manifest;
 mod models;
 mod pack;
@@ -33,6 +35,8 @@ mod unpack;
 
 pub use cleanup::remove_all as remove_temporaries;
 pub use error::Error;
+pub use lock::Format as LockFormat;
+pub use locking::{LockReport, PlatformReport, lock};
 pub use models::{ModelReport, ModelsReport};
 pub use pack::relocate::python_trampoline;
 pub use pack::{ARCHIVE_PREFIX, Filter, Format};
@@ -96,12 +100,14 @@ mod layering {
         ("solve", 2),
         ("install", 2),
         ("pack", 2),
+        ("lock", 2),
         ("targets", 3),
         ("unpack", 3),
         ("settings", 4),
         ("error", 5),
         ("pipeline", 6),
         ("models", 7),
+        ("locking", 7),
     ];
 
     /// Each top-level module and the modules its files name as `crate::NAME`.

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Unpack(args) => unpack(&args),
+        Command::Lock(args) => lock_command(&args),
     }
 }
 
@@ -112,6 +113,73 @@ fn unpack(args: &UnpackArgs) -> ExitCode {
         }
         Err(e) => report(&Error::from(e)),
     }
+}
+
+/// `envpack lock`: resolve the settings, lock each environment file, print what was written.
+fn lock_command(args: &cli::LockArgs) -> ExitCode {
+    let bars = Arc::new(progress::Bars::new(!args.quiet && !args.no_progress));
+    init_logging(args.verbose, bars.clone());
+    let cwd = match std::env::current_dir() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot read the current folder\n  caused by: {e}"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let output = args.output.as_ref().map(|o| cwd.join(o));
+    let result = Settings::resolve(args.request(), &env, &cwd)
+        .map_err(Error::from)
+        .and_then(|s| {
+            envpack::lock(
+                &s,
+                &args.platform,
+                output.as_deref(),
+                &(bars.clone() as SharedReporter),
+            )
+        });
+    match result {
+        Ok(reports) => {
+            if let Err(e) = print_locks(&reports, args.json, args.quiet)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                let _ = writeln!(std::io::stderr(), "error: cannot write the summary: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&e),
+    }
+}
+
+fn print_locks(reports: &[envpack::LockReport], json: bool, quiet: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, reports)?;
+        return writeln!(out);
+    }
+    if quiet {
+        return Ok(());
+    }
+    for r in reports {
+        let platforms: Vec<String> = r
+            .platforms
+            .iter()
+            .map(|p| match p.pip {
+                0 => format!("{}: {} packages", p.platform, p.packages),
+                n => format!("{}: {} packages, {n} pip", p.platform, p.packages),
+            })
+            .collect();
+        writeln!(
+            out,
+            "wrote {} ({})",
+            r.lock_file.display(),
+            platforms.join("; ")
+        )?;
+    }
+    Ok(())
 }
 
 /// Ctrl-C, SIGTERM (`docker stop`) and SIGHUP end the process without running destructors:
@@ -201,9 +269,15 @@ fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
         )?;
         print_packages(&mut out, s)
     } else if !quiet {
+        let from = s.lock.as_ref().map_or_else(String::new, |l| {
+            format!(
+                ", from {}",
+                l.file_name().unwrap_or_default().to_string_lossy()
+            )
+        });
         writeln!(
             out,
-            "wrote {} ({}, {}, {}, {} relocatable)",
+            "wrote {} ({}, {}, {}, {} relocatable{from})",
             s.output.display(),
             human(s.size),
             count(s.packages.len(), "package"),

@@ -313,7 +313,11 @@ fn solve_all(
         let env = if let Some(e) = read.get(&j.file) {
             e.clone()
         } else {
-            let e = spec::read_any(&j.file, &default_python(p.settings, j.model.server))?;
+            let e = pipeline::read_environment(
+                &j.file,
+                p.settings,
+                &default_python(p.settings, j.model.server),
+            )?;
             read.insert(j.file.clone(), e.clone());
             e
         };
@@ -418,7 +422,7 @@ pub fn pack_models(
     };
     for (s, &j) in sh.solve_leader.iter().enumerate() {
         if sh.build_leader[sh.build_of_job[j]] != j {
-            seconds[j] += solved[s].timings.get(Stage::Solve);
+            seconds[j] += solved[s].timings.get(Stage::Solve) + solved[s].timings.get(Stage::Lock);
         }
     }
 
@@ -486,7 +490,7 @@ fn dry_run_checks(
             .filter(|j| sh.build_of_job[*j] == b)
             .map(|j| &jobs[j])
             .collect();
-        let facts = checks::expected(&s.records, &s.env.pip);
+        let facts = checks::expected(&s.records, s.pip_lines());
         notices.extend(check_users(settings, &facts, &jobs[leader], &users, root)?);
     }
     Ok(notices)

@@ -7,6 +7,14 @@
 //! `pip:` section into a staging prefix in a work folder, a check looks at that prefix for the
 //! server that will read it, and [`Pipeline::pack`] writes the archive. [`Pipeline::build`]
 //! is that sequence; the staging prefix is removed when the [`Staged`] value is dropped.
+//!
+//! A locked build is a [`Solved`] made from a lock file instead of a solve
+//! ([`Pipeline::find_lock`], [`Pipeline::plan_locked`]): no repodata is fetched, each package
+//! comes from the URL the lock names (through the mirrors), and the `pip:` packages are
+//! installed with their hashes required. The lock is used when PATH (or `--file`) is one, or
+//! when a `conda-lock.yml` beside the environment file still matches it (its `content_hash`,
+//! [`lock::Inputs::digest`]); `--locked` fails instead of solving when it is missing or stale,
+//! naming what changed; `--frozen` installs it as it is.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::channels::UrlRewrites;
 use crate::error::Error;
 use crate::install;
+use crate::lock::{self, LockError, LockMode, Locked};
 use crate::manifest::{self, Manifest};
 use crate::pack::direct::{self, CachedPackage, Direct, DirectOptions};
 use crate::pack::walk::{PrefixTree, Tree};
@@ -91,6 +100,9 @@ pub struct Summary {
     pub digest: Option<String>,
     /// Seconds per stage.
     pub timings: Timings,
+    /// The lock file installed instead of solving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<PathBuf>,
 }
 
 /// What a check of the environment's tree (the staging prefix, or the listing of an archive
@@ -127,9 +139,28 @@ pub struct Solved {
     pub rewrites: UrlRewrites,
     /// Seconds per stage so far.
     pub timings: Timings,
+    /// The lock these packages come from (no solve).
+    pub lock: Option<PathBuf>,
+    /// With a lock: its `pip:` packages, installed instead of the `pip:` lines.
+    pub pip_lock: Option<PipLock>,
+}
+
+/// The `pip:` packages of a lock, installed with their hashes required.
+#[derive(Debug, Clone)]
+pub struct PipLock {
+    /// Requirement lines: the index options, then one pinned package with its hash each.
+    pub lines: Vec<String>,
+    /// (name, version) of those a solved install would have installed only as dependencies.
+    pub not_requested: Vec<(String, String)>,
 }
 
 impl Solved {
+    /// The `pip:` lines installed: the lock's packages with a lock, else the file's lines.
+    #[must_use]
+    pub fn pip_lines(&self) -> &[String] {
+        self.pip_lock.as_ref().map_or(&self.env.pip, |l| &l.lines)
+    }
+
     /// A digest of everything that decides the archive's bytes: the package files, the `pip:`
     /// lines (with the folder relative paths in them are relative to) and the `variables:`.
     /// Two environments with the same identity pack to the same tarball, wherever their
@@ -168,6 +199,15 @@ impl Solved {
             h.update(l.as_bytes());
             h.update(b"\n");
         }
+        // A lock's pip packages decide them too (the lines alone may not pin a version); a lock
+        // without any leaves the identity of the solved build it came from.
+        if let Some(locked) = self.pip_lock.as_ref().filter(|l| !l.lines.is_empty()) {
+            h.update(b"\0locked pip\n");
+            for l in &locked.lines {
+                h.update(l.as_bytes());
+                h.update(b"\n");
+            }
+        }
         h.update(b"\0variables\n");
         for (k, v) in &self.env.variables {
             h.update(format!("{k}={v}\n").as_bytes());
@@ -188,7 +228,7 @@ impl Solved {
             platform: settings.platform.to_string(),
             download_size: self.packages.iter().map(|p| p.size).sum(),
             packages: self.packages.clone(),
-            pip: self.env.pip.clone(),
+            pip: self.pip_lines().to_vec(),
             members: 0,
             relocated_files: 0,
             notices: Vec::new(),
@@ -196,6 +236,7 @@ impl Solved {
             up_to_date: false,
             digest: None,
             timings: self.timings.clone(),
+            lock: self.lock.clone(),
         }
     }
 
@@ -232,7 +273,7 @@ impl Solved {
             format: format.name().into(),
             python: Manifest::python_of(&packages),
             packages,
-            pip: self.env.pip.clone(),
+            pip: self.pip_lines().to_vec(),
             platform: settings.platform.to_string(),
             schema: manifest::SCHEMA,
             source: "environment".into(),
@@ -306,8 +347,11 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Solves `env` for the target, after checking that its `pip:` section can be installed
-    /// here.
+    /// here; or, when a lock applies ([`Pipeline::find_lock`]), installs that instead.
     pub fn solve(&self, env: EnvironmentSpec, reporter: &SharedReporter) -> Result<Solved, Error> {
+        if let Some(locked) = self.find_lock(&env, reporter)? {
+            return self.plan_locked(env, &locked, reporter);
+        }
         let settings = self.settings;
         if !env.pip.is_empty() {
             // Before any work: the target must be runnable here.
@@ -337,6 +381,124 @@ impl<'a> Pipeline<'a> {
             packages,
             rewrites,
             timings,
+            lock: None,
+            pip_lock: None,
+        })
+    }
+
+    /// The lock to install instead of solving `env`, if one applies (see the module docs).
+    pub fn find_lock(
+        &self,
+        env: &EnvironmentSpec,
+        reporter: &SharedReporter,
+    ) -> Result<Option<Locked>, Error> {
+        let s = self.settings;
+        let read = |p: &Path| lock::read(p, s.platform, s.lock_environment.as_deref());
+        if lock::detect(&env.path).is_some() {
+            return Ok(Some(read(&env.path)?));
+        }
+        if s.lock == LockMode::Ignore {
+            return Ok(None);
+        }
+        let path = env.base_dir().join(lock::CONDA_LOCK_FILE);
+        if !path.is_file() {
+            return match s.lock {
+                LockMode::Locked | LockMode::Frozen => Err(LockError::Missing {
+                    environment: env.path.clone(),
+                    lock: path,
+                }
+                .into()),
+                LockMode::Auto | LockMode::Ignore => Ok(None),
+            };
+        }
+        let file = file_name(&env.path);
+        let locked = match read(&path) {
+            Ok(l) => l,
+            Err(e) if s.lock == LockMode::Auto => {
+                reporter.on_notice(&Notice::warning(format!("{e}: solving {file} instead")));
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if s.lock == LockMode::Frozen {
+            return Ok(Some(locked));
+        }
+        let current = lock::Inputs::of(env, &s.virtual_packages, s.channels.alias());
+        if locked.content_hash.as_deref() == Some(current.digest(s.platform.as_str()).as_str()) {
+            return Ok(Some(locked));
+        }
+        let changes = match &locked.inputs {
+            Some(old) => Some(current.changes_from(old))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| {
+                    vec!["its content_hash does not match the inputs it records".to_string()]
+                }),
+            None => vec![format!("it was not written by `envpack lock` from {file}")],
+        };
+        if s.lock == LockMode::Locked {
+            return Err(LockError::Stale {
+                lock: path,
+                changes,
+            }
+            .into());
+        }
+        reporter.on_notice(&Notice::warning(format!(
+            "{} does not match {file} ({}): solving instead; `envpack lock` updates it",
+            path.display(),
+            changes.join("; ")
+        )));
+        Ok(None)
+    }
+
+    /// The plan of a locked build: the lock's packages, fetched through the mirrors, no solve.
+    pub fn plan_locked(
+        &self,
+        env: EnvironmentSpec,
+        locked: &Locked,
+        reporter: &SharedReporter,
+    ) -> Result<Solved, Error> {
+        let s = self.settings;
+        let mut timings = Timings::default();
+        reporter.on_stage_start(Stage::Lock, None);
+        let (records, rewrites) = timings.time(Stage::Lock, || -> Result<_, Error> {
+            let (mut records, rewrites) = lock::for_install(&locked.records, &s.channels);
+            // Other tools' records are completed from the packages themselves, which the
+            // install downloads anyway; a dry run downloads nothing.
+            if !locked.complete && !s.dry_run {
+                self.rt.block_on(lock::complete_records(
+                    &mut records,
+                    &s.cache_dir,
+                    self.client.clone(),
+                ))?;
+            }
+            Ok((records, rewrites))
+        })?;
+        reporter.on_stage_end(Stage::Lock);
+        // The lock's pip packages, never the file's lines (even when it has none).
+        let pip_lock = PipLock {
+            lines: if locked.pip.is_empty() {
+                Vec::new()
+            } else {
+                install::check_pip(s.platform, &records, &s.pip_tool)?;
+                locked.pip_requirements()?
+            },
+            not_requested: locked.pip_not_requested(),
+        };
+        tracing::info!(
+            "{} packages from {} ({}), no solve",
+            records.len(),
+            locked.path.display(),
+            locked.format
+        );
+        let packages = package_summaries(&records, &rewrites);
+        Ok(Solved {
+            env,
+            records,
+            packages,
+            rewrites,
+            timings,
+            lock: Some(locked.path.clone()),
+            pip_lock: Some(pip_lock),
         })
     }
 
@@ -363,18 +525,22 @@ impl<'a> Pipeline<'a> {
                 reporter.clone(),
             ))
         })?;
-        if !solved.env.pip.is_empty() {
+        if !solved.pip_lines().is_empty() {
             let work = staged.work.as_ref().map_or(Path::new("."), |w| w.path());
             staged.timings.time(Stage::Pip, || {
                 install::install_pip(
                     &prefix,
-                    &solved.env.pip,
+                    solved.pip_lines(),
                     solved.env.base_dir(),
                     work,
                     &settings.pip_tool,
+                    solved.pip_lock.is_some(),
                     reporter,
                 )
             })?;
+            if let (Some(locked), install::PipTool::Pip) = (&solved.pip_lock, &settings.pip_tool) {
+                install::unmark_requested(&prefix, &locked.not_requested)?;
+            }
         }
         Ok(staged)
     }
@@ -509,8 +675,9 @@ impl<'a> Pipeline<'a> {
         check: Check<'_>,
         reporter: &SharedReporter,
     ) -> Result<Summary, Error> {
-        let env = spec::read_any(
+        let env = read_environment(
             file,
+            self.settings,
             self.settings
                 .python
                 .as_deref()
@@ -623,6 +790,7 @@ impl<'a> Pipeline<'a> {
             up_to_date: false,
             digest: Some(digest),
             timings,
+            lock: None,
         })
     }
 
@@ -655,6 +823,48 @@ impl<'a> Pipeline<'a> {
             pack::execute(plan, output, self.pool.clone(), reporter)
         })?)
     }
+}
+
+/// Reads the environment file (or requirements file, for Python `python`) `file`, or makes one
+/// of the lock file `file`: its name, channels and variables, no dependencies (the lock has the
+/// packages).
+pub fn read_environment(
+    file: &Path,
+    settings: &Settings,
+    python: &str,
+) -> Result<EnvironmentSpec, Error> {
+    if lock::detect(file).is_none() {
+        return Ok(spec::read_any(file, python)?);
+    }
+    let locked = lock::read(
+        file,
+        settings.platform,
+        settings.lock_environment.as_deref(),
+    )?;
+    let mut h = Sha256::new();
+    h.update(fs_err::read(file).map_err(|source| LockError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?);
+    if let Some(e) = &settings.lock_environment {
+        h.update(format!("\0{e}").as_bytes());
+    }
+    Ok(EnvironmentSpec {
+        path: file.to_path_buf(),
+        name: locked.name,
+        channels: locked.channels,
+        dependencies: Vec::new(),
+        pip: Vec::new(),
+        variables: locked.variables,
+        digest: spec::hex(&h.finalize()),
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn http_client() -> Result<rattler_networking::LazyClient, Error> {
@@ -838,7 +1048,12 @@ fn work_dir(settings: &Settings) -> Result<tempfile::TempDir, Error> {
         .map_err(install::InstallError::from)?)
 }
 
-fn package_summaries(records: &[RepoDataRecord], rewrites: &UrlRewrites) -> Vec<PackageSummary> {
+/// The packages of `records` for reports, with canonical channels.
+#[must_use]
+pub fn package_summaries(
+    records: &[RepoDataRecord],
+    rewrites: &UrlRewrites,
+) -> Vec<PackageSummary> {
     records
         .iter()
         .map(|r| PackageSummary {

@@ -47,7 +47,7 @@ impl Bars {
 
     fn style(stage: Stage) -> ProgressStyle {
         let template = match stage {
-            Stage::Solve | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
+            Stage::Solve | Stage::Lock | Stage::Pip => "{spinner} {prefix:>8} {elapsed}",
             Stage::Scan | Stage::Relocate => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} files",
             Stage::Link => "{spinner} {prefix:>8} [{bar:30}] {pos}/{len} packages",
             Stage::Install | Stage::Pack | Stage::Extract => {

@@ -17,6 +17,8 @@ use serde::Serialize;
 pub enum Stage {
     /// Fetching channel metadata and solving.
     Solve,
+    /// Reading a lock file instead of solving (and completing its records).
+    Lock,
     /// Downloading and extracting packages into the package cache (bytes), and linking them.
     Install,
     /// Linking packages into the staging prefix (packages), alongside [`Stage::Install`].
@@ -39,6 +41,7 @@ impl Stage {
     pub fn label(self) -> &'static str {
         match self {
             Stage::Solve => "solve",
+            Stage::Lock => "lock",
             Stage::Install => "download",
             Stage::Link => "link",
             Stage::Pip => "pip",

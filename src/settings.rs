@@ -11,6 +11,7 @@ use rattler_conda_types::Subdir;
 
 use crate::channels::{ChannelError, ChannelMap};
 use crate::install::PipTool;
+use crate::lock::{self, LockMode};
 use crate::pack::{Filter, Format, PackOptions};
 use crate::solve::{self, SolveError, VirtualPackageSettings};
 use crate::spec::{self, SpecError};
@@ -118,6 +119,23 @@ pub enum SettingsError {
         /// The value given.
         value: String,
     },
+    /// `envpack lock -o FILE` with several environment files.
+    #[error("-o names one lock file, but the models use several environment files")]
+    LockOutputForSeveral,
+    /// `envpack lock` of a lock file.
+    #[error("{} is a lock file already: give the environment file it was made from", path.display())]
+    LockOfLock {
+        /// The lock.
+        path: PathBuf,
+    },
+    /// `envpack lock --prefix`.
+    #[error("envpack lock locks an environment file, not an existing environment")]
+    LockOfPrefix,
+    /// `--locked` with `--frozen`.
+    #[error(
+        "--locked and --frozen exclude each other: --locked checks the lock against the environment file, --frozen does not"
+    )]
+    LockedAndFrozen,
     /// The environment file named or looked for.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -222,6 +240,12 @@ pub struct Request {
     pub python: Option<String>,
     /// `--env-dir`.
     pub env_dir: Option<PathBuf>,
+    /// `--locked`.
+    pub locked: bool,
+    /// `--frozen`.
+    pub frozen: bool,
+    /// `-e`: the environment of a pixi lock.
+    pub environment: Option<String>,
 }
 
 /// What the pipeline packs.
@@ -297,6 +321,10 @@ pub struct Settings {
     pub cwd: PathBuf,
     /// What installs the `pip:` section.
     pub pip_tool: PipTool,
+    /// How a lock beside the environment file is used.
+    pub lock: LockMode,
+    /// The environment of a pixi lock (`-e`; default `default`).
+    pub lock_environment: Option<String>,
 }
 
 impl Settings {
@@ -359,6 +387,12 @@ impl Settings {
                 .map_err(|_| SettingsError::SourceDateEpoch { value: v.clone() })?,
             None => crate::pack::archive::MTIME,
         };
+        let lock = match (req.locked, req.frozen) {
+            (true, true) => return Err(SettingsError::LockedAndFrozen),
+            (true, false) => LockMode::Locked,
+            (false, true) => LockMode::Frozen,
+            (false, false) => LockMode::Auto,
+        };
         let parallel = req
             .parallel
             .filter(|n| *n > 0)
@@ -405,6 +439,8 @@ impl Settings {
             env_dir: req.env_dir.map(|d| cwd.join(d)),
             cwd: cwd.to_path_buf(),
             pip_tool: PipTool::detect(env("PATH").as_deref()),
+            lock,
+            lock_environment: req.environment,
         })
     }
 }
@@ -543,6 +579,21 @@ fn resolve_output(
     Ok((output, model_output_name, format))
 }
 
+/// The environment file of `path`: the file itself, or in a folder the first of
+/// [`spec::FILE_NAMES`] and the lock files [`lock::FILE_NAMES`], then a requirements file.
+fn locate(path: &Path) -> Result<PathBuf, SettingsError> {
+    if path.is_dir()
+        && let Some(p) = spec::FILE_NAMES
+            .iter()
+            .chain(lock::FILE_NAMES.iter())
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    Ok(spec::locate(path)?)
+}
+
 /// What PATH (and `--file`, `--prefix`, `--mlserver`) name.
 fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, SettingsError> {
     if req.prefix.is_some() && (req.path.is_some() || req.file.is_some() || req.mlserver) {
@@ -566,12 +617,12 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, SettingsError> {
                 .or_else(|| req.path.clone())
                 .unwrap_or_else(|| ".".into()),
         );
-        return Ok(Input::MlServerImage(spec::locate(&p)?));
+        return Ok(Input::MlServerImage(locate(&p)?));
     }
     if req.path.is_none()
         && let Some(f) = &req.file
     {
-        return Ok(Input::EnvironmentFile(spec::locate(&cwd.join(f))?));
+        return Ok(Input::EnvironmentFile(locate(&cwd.join(f))?));
     }
     let p = cwd.join(req.path.clone().unwrap_or_else(|| PathBuf::from(".")));
     match targets::detect(&p)? {
@@ -589,7 +640,7 @@ fn resolve_input(req: &Request, cwd: &Path) -> Result<Input, SettingsError> {
         Detected::Environment if req.file.is_some() => {
             Err(SettingsError::FileWithoutModel { path: p })
         }
-        Detected::Environment => Ok(Input::EnvironmentFile(spec::locate(&p)?)),
+        Detected::Environment => Ok(Input::EnvironmentFile(locate(&p)?)),
     }
 }
 

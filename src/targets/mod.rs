@@ -460,13 +460,19 @@ pub fn project_boundary(model_dir: &Path, root: &Path, cwd: &Path) -> PathBuf {
 }
 
 /// The files looked for as the environment file of the model in `model_dir`, in order: each of
-/// [`spec::FILE_NAMES`] in the model folder, then in each parent folder up to and including
-/// `boundary` (see [`project_boundary`]); then [`spec::REQUIREMENTS`] the same way. A
-/// `model_dir` outside `boundary` looks in its own folder only.
+/// [`spec::FILE_NAMES`] and of the lock files [`crate::lock::FILE_NAMES`] in the model folder,
+/// then in each parent folder up to and including `boundary` (see [`project_boundary`]); then
+/// [`spec::REQUIREMENTS`] the same way. A `model_dir` outside `boundary` looks in its own
+/// folder only.
 #[must_use]
 pub fn environment_file_candidates(model_dir: &Path, boundary: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for names in [&spec::FILE_NAMES[..], &[spec::REQUIREMENTS]] {
+    let files: Vec<&str> = spec::FILE_NAMES
+        .iter()
+        .chain(crate::lock::FILE_NAMES.iter())
+        .copied()
+        .collect();
+    for names in [&files[..], &[spec::REQUIREMENTS]] {
         for dir in model_dir.ancestors() {
             out.extend(names.iter().map(|n| dir.join(n)));
             if dir == boundary || !dir.starts_with(boundary) {
@@ -584,10 +590,16 @@ mod tests {
             [
                 model.join("environment.yml"),
                 model.join("environment.yaml"),
+                model.join("conda-lock.yml"),
+                model.join("pixi.lock"),
                 root.join("group/environment.yml"),
                 root.join("group/environment.yaml"),
+                root.join("group/conda-lock.yml"),
+                root.join("group/pixi.lock"),
                 root.join("environment.yml"),
                 root.join("environment.yaml"),
+                root.join("conda-lock.yml"),
+                root.join("pixi.lock"),
                 model.join("requirements.txt"),
                 root.join("group/requirements.txt"),
                 root.join("requirements.txt"),
@@ -597,7 +609,7 @@ mod tests {
         touch(&root.parent().unwrap().join("environment.yml"));
         assert!(matches!(
             find_environment_file(&model, &root),
-            Err(TargetError::NoEnvironmentFile { ref searched, .. }) if searched.len() == 9
+            Err(TargetError::NoEnvironmentFile { ref searched, .. }) if searched.len() == 15
         ));
         touch(&root.join("environment.yml"));
         assert_eq!(
