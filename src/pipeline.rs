@@ -1096,12 +1096,28 @@ mod tests {
             packages: Vec::new(),
             rewrites: UrlRewrites::default(),
             timings: Timings::default(),
+            lock: None,
+            pip_lock: None,
         };
         let base = solved(&["six==1.16.0"], &[]).identity();
         assert_eq!(base, solved(&["six==1.16.0"], &[]).identity());
         assert_ne!(base, solved(&["six==1.17.0"], &[]).identity());
         assert_ne!(base, solved(&["six==1.16.0", "idna"], &[]).identity());
         assert_ne!(base, solved(&["six==1.16.0"], &[("A", "1")]).identity());
+        // A lock's pip packages count; a lock without any leaves the identity as it was.
+        let locked = |lines: &[&str]| Solved {
+            pip_lock: Some(PipLock {
+                lines: lines.iter().map(ToString::to_string).collect(),
+                not_requested: Vec::new(),
+            }),
+            ..solved(&["six==1.16.0"], &[])
+        };
+        assert_eq!(base, locked(&[]).identity());
+        assert_ne!(base, locked(&["six==1.16.0 --hash=sha256:ab"]).identity());
+        assert_ne!(
+            locked(&["six==1.16.0 --hash=sha256:ab"]).identity(),
+            locked(&["six==1.16.0 --hash=sha256:cd"]).identity()
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   templates lay them out, shared environments, flags refused before any work.
 //! - [`determinism`]: the same bytes wherever and however packed, and a pinned digest.
 //! - [`routes`]: straight from the package cache and through a staging prefix, one archive.
+//! - [`lock`]: `envpack lock`, packs that install a lock (or an explicit file) without solving,
+//!   stale locks, `--locked`, `--frozen`.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
 //! - [`unpack`]: `envpack unpack`: hostile archives refused, envpack's and conda-pack's
 //!   archives relocated natively, manifests checked, the fuzz seed corpus replayed.
@@ -33,6 +35,7 @@ mod conda_pack;
 mod determinism;
 mod failures;
 mod incremental;
+mod lock;
 mod models;
 mod pipeline;
 mod routes;
