@@ -16,7 +16,7 @@ use crate::install;
 use crate::lock::{self, LockMode};
 use crate::pipeline::Pipeline;
 use crate::report::{SharedReporter, Stage, Timings};
-use crate::settings::{Input, Settings, SettingsError};
+use crate::settings::{Input, LockSettings, Settings, SettingsError};
 use crate::solve;
 use crate::spec;
 use crate::targets;
@@ -86,7 +86,10 @@ pub fn lock(
         for platform in &targets_platforms {
             let s = Settings {
                 platform: *platform,
-                lock: LockMode::Ignore,
+                lock: LockSettings {
+                    mode: LockMode::Ignore,
+                    environment: None,
+                },
                 ..settings.clone()
             };
             let p = Pipeline::new(&s)?;

@@ -393,16 +393,16 @@ impl<'a> Pipeline<'a> {
         reporter: &SharedReporter,
     ) -> Result<Option<Locked>, Error> {
         let s = self.settings;
-        let read = |p: &Path| lock::read(p, s.platform, s.lock_environment.as_deref());
+        let read = |p: &Path| lock::read(p, s.platform, s.lock.environment.as_deref());
         if lock::detect(&env.path).is_some() {
             return Ok(Some(read(&env.path)?));
         }
-        if s.lock == LockMode::Ignore {
+        if s.lock.mode == LockMode::Ignore {
             return Ok(None);
         }
         let path = env.base_dir().join(lock::CONDA_LOCK_FILE);
         if !path.is_file() {
-            return match s.lock {
+            return match s.lock.mode {
                 LockMode::Locked | LockMode::Frozen => Err(LockError::Missing {
                     environment: env.path.clone(),
                     lock: path,
@@ -414,13 +414,13 @@ impl<'a> Pipeline<'a> {
         let file = file_name(&env.path);
         let locked = match read(&path) {
             Ok(l) => l,
-            Err(e) if s.lock == LockMode::Auto => {
+            Err(e) if s.lock.mode == LockMode::Auto => {
                 reporter.on_notice(&Notice::warning(format!("{e}: solving {file} instead")));
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
         };
-        if s.lock == LockMode::Frozen {
+        if s.lock.mode == LockMode::Frozen {
             return Ok(Some(locked));
         }
         let current = lock::Inputs::of(env, &s.virtual_packages, s.channels.alias());
@@ -435,7 +435,7 @@ impl<'a> Pipeline<'a> {
                 }),
             None => vec![format!("it was not written by `envpack lock` from {file}")],
         };
-        if s.lock == LockMode::Locked {
+        if s.lock.mode == LockMode::Locked {
             return Err(LockError::Stale {
                 lock: path,
                 changes,
@@ -839,14 +839,14 @@ pub fn read_environment(
     let locked = lock::read(
         file,
         settings.platform,
-        settings.lock_environment.as_deref(),
+        settings.lock.environment.as_deref(),
     )?;
     let mut h = Sha256::new();
     h.update(fs_err::read(file).map_err(|source| LockError::Read {
         path: file.to_path_buf(),
         source,
     })?);
-    if let Some(e) = &settings.lock_environment {
+    if let Some(e) = &settings.lock.environment {
         h.update(format!("\0{e}").as_bytes());
     }
     Ok(EnvironmentSpec {

@@ -321,10 +321,17 @@ pub struct Settings {
     pub cwd: PathBuf,
     /// What installs the `pip:` section.
     pub pip_tool: PipTool,
+    /// How lock files are used.
+    pub lock: LockSettings,
+}
+
+/// How lock files are used.
+#[derive(Debug, Clone, Default)]
+pub struct LockSettings {
     /// How a lock beside the environment file is used.
-    pub lock: LockMode,
+    pub mode: LockMode,
     /// The environment of a pixi lock (`-e`; default `default`).
-    pub lock_environment: Option<String>,
+    pub environment: Option<String>,
 }
 
 impl Settings {
@@ -339,6 +346,7 @@ impl Settings {
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
         let models = matches!(input, Input::Models { .. });
         let triton_version = resolve_model_flags(&req, models)?;
+        let lock = lock_settings(&req)?;
         let alias = req
             .channel_alias
             .or_else(|| env("ENVPACK_CHANNEL_ALIAS").filter(|s| !s.is_empty()));
@@ -387,12 +395,6 @@ impl Settings {
                 .map_err(|_| SettingsError::SourceDateEpoch { value: v.clone() })?,
             None => crate::pack::archive::MTIME,
         };
-        let lock = match (req.locked, req.frozen) {
-            (true, true) => return Err(SettingsError::LockedAndFrozen),
-            (true, false) => LockMode::Locked,
-            (false, true) => LockMode::Frozen,
-            (false, false) => LockMode::Auto,
-        };
         let parallel = req
             .parallel
             .filter(|n| *n > 0)
@@ -440,7 +442,6 @@ impl Settings {
             cwd: cwd.to_path_buf(),
             pip_tool: PipTool::detect(env("PATH").as_deref()),
             lock,
-            lock_environment: req.environment,
         })
     }
 }
@@ -485,6 +486,21 @@ fn is_dotted_version(v: &str) -> bool {
     !v.is_empty()
         && v.split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How a lock beside the environment file is used (`--locked`, `--frozen`, or when it
+/// matches), and `-e`.
+fn lock_settings(req: &Request) -> Result<LockSettings, SettingsError> {
+    let mode = match (req.locked, req.frozen) {
+        (true, true) => return Err(SettingsError::LockedAndFrozen),
+        (true, false) => LockMode::Locked,
+        (false, true) => LockMode::Frozen,
+        (false, false) => LockMode::Auto,
+    };
+    Ok(LockSettings {
+        mode,
+        environment: req.environment.clone(),
+    })
 }
 
 /// `--triton-version`, parsed, after checking that the model flags have models to act on.

@@ -5,7 +5,7 @@
 //! build, its manifest naming the locked pins; and the locks committed in `testdata/locks` (conda-lock's `conda-lock.yml`, pixi's
 //! `pixi.lock`, an `@EXPLICIT` file, all with conda-forge URLs) pack working environments.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -145,21 +145,9 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
     let (x, solved) = (dir.path().join("x"), dir.path().join("s"));
     support::extract(&dir.path().join("locked.tar.gz"), &x);
     support::extract(&dir.path().join("solved.tar.gz"), &solved);
-    let files = |d: &Path| {
-        support::snapshot(d)
-            .into_iter()
-            .filter(|(p, _)| p != "conda-meta/envpack.json")
-            .collect::<Vec<_>>()
-    };
-    let (a, b) = (files(&x), files(&solved));
-    let differ: Vec<&String> = a
-        .iter()
-        .zip(&b)
-        .filter(|(l, r)| l != r)
-        .map(|(l, _)| &l.0)
-        .collect();
+    let differ = differences_but_the_manifest(&x, &solved);
     ensure(
-        a.len() == b.len() && differ.is_empty(),
+        differ.is_empty(),
         format!("the locked build differs from the solved one in {differ:?}"),
     )?;
     let manifest = support::read(x.join("conda-meta/envpack.json"));
@@ -176,6 +164,25 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
         "REQUESTED marks differ from a solved install",
     )?;
     Ok(())
+}
+
+/// The files (and symlinks) that differ between two extracted environments, or that only one
+/// has, leaving out the manifest.
+fn differences_but_the_manifest(a: &Path, b: &Path) -> Vec<String> {
+    let files = |d: &Path| -> BTreeMap<String, Vec<u8>> {
+        support::snapshot(d)
+            .into_iter()
+            .filter(|(p, _)| p != "conda-meta/envpack.json")
+            .collect()
+    };
+    let (a, b) = (files(a), files(b));
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 fn testdata() -> PathBuf {
