@@ -581,7 +581,7 @@ impl<'a> Pipeline<'a> {
         reporter: &SharedReporter,
     ) -> Result<Summary, Error> {
         // `--keep-work` asks for the staging prefix: it takes the staged route.
-        if solved.env.pip.is_empty()
+        if solved.pip_lines().is_empty()
             && !self.settings.via_prefix
             && !self.settings.keep_work
             && let Some(summary) = self.build_direct(solved, &output, check, reporter)?

@@ -346,7 +346,6 @@ impl Settings {
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
         let models = matches!(input, Input::Models { .. });
         let triton_version = resolve_model_flags(&req, models)?;
-        let lock = lock_settings(&req)?;
         let alias = req
             .channel_alias
             .or_else(|| env("ENVPACK_CHANNEL_ALIAS").filter(|s| !s.is_empty()));
@@ -441,7 +440,7 @@ impl Settings {
             env_dir: req.env_dir.map(|d| cwd.join(d)),
             cwd: cwd.to_path_buf(),
             pip_tool: PipTool::detect(env("PATH").as_deref()),
-            lock,
+            lock: lock_settings(req.locked, req.frozen, req.environment)?,
         })
     }
 }
@@ -490,17 +489,18 @@ fn is_dotted_version(v: &str) -> bool {
 
 /// How a lock beside the environment file is used (`--locked`, `--frozen`, or when it
 /// matches), and `-e`.
-fn lock_settings(req: &Request) -> Result<LockSettings, SettingsError> {
-    let mode = match (req.locked, req.frozen) {
+fn lock_settings(
+    locked: bool,
+    frozen: bool,
+    environment: Option<String>,
+) -> Result<LockSettings, SettingsError> {
+    let mode = match (locked, frozen) {
         (true, true) => return Err(SettingsError::LockedAndFrozen),
         (true, false) => LockMode::Locked,
         (false, true) => LockMode::Frozen,
         (false, false) => LockMode::Auto,
     };
-    Ok(LockSettings {
-        mode,
-        environment: req.environment.clone(),
-    })
+    Ok(LockSettings { mode, environment })
 }
 
 /// `--triton-version`, parsed, after checking that the model flags have models to act on.

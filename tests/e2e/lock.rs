@@ -155,6 +155,22 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
         manifest.contains("anyio==4.16.0 --hash=sha256:"),
         format!("the manifest does not name the locked pins:\n{manifest}"),
     )?;
+    // The lock alone (as PATH): its pip packages are installed too, through a staging prefix.
+    run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&lock)
+            .arg("-o")
+            .arg(dir.path().join("alone.tar.gz"))
+            .args(["--mirror", &mirror_arg(), "-q"]),
+    );
+    let alone = dir.path().join("alone");
+    support::extract(&dir.path().join("alone.tar.gz"), &alone);
+    let differ = differences_but_the_manifest(&x, &alone);
+    ensure(
+        differ.is_empty(),
+        format!("the lock alone packs other files than with its environment file: {differ:?}"),
+    )?;
     let site = x.join("lib/python3.11/site-packages");
     ensure(
         site.join("anyio-4.16.0.dist-info/REQUESTED").is_file()
