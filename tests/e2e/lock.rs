@@ -15,12 +15,20 @@ use crate::servers::ServersDir;
 use crate::support::{self, ensure, envpack, run_ok};
 use crate::{Case, Needs, mirror_arg};
 
+/// (manager, name, version, url) of every package of a lock.
+type Packages = BTreeSet<(String, String, String, String)>;
+
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "lock::conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical",
             needs: &[Needs::Channel, Needs::Servers],
             run: conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical,
+        },
+        Case {
+            name: "lock::a_lock_of_w1_packs_to_the_sha256_of_the_solved_build",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: a_lock_of_w1_packs_to_the_sha256_of_the_solved_build,
         },
         Case {
             name: "lock::committed_conda_lock_pixi_and_explicit_files_pack",
@@ -32,10 +40,7 @@ pub fn cases() -> Vec<Case> {
 
 /// (manager, name, version, url) of every package of a conda-lock file, as conda-lock's own
 /// parser reads it.
-fn conda_lock_packages(
-    python: &Path,
-    lock: &Path,
-) -> Result<BTreeSet<(String, String, String, String)>, Failed> {
+fn conda_lock_packages(python: &Path, lock: &Path) -> Result<Packages, Failed> {
     let out = run_ok(
         Command::new(python)
             .arg("-c")
@@ -52,7 +57,7 @@ fn conda_lock_packages(
 }
 
 /// The same, read from the YAML directly.
-fn yaml_packages(lock: &Path) -> BTreeSet<(String, String, String, String)> {
+fn yaml_packages(lock: &Path) -> Packages {
     let v: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(lock).unwrap()).unwrap();
     v["package"]
@@ -66,17 +71,62 @@ fn yaml_packages(lock: &Path) -> BTreeSet<(String, String, String, String)> {
         .collect()
 }
 
-fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
--> Result<(), Failed> {
-    let servers = ServersDir::from_env()?;
+/// conda-lock's Python (installed by `.ci/install-servers`), or a failure saying how to get it.
+fn conda_lock_python(servers: &ServersDir) -> Result<PathBuf, Failed> {
     let python = servers.root.join("condalock/bin/python");
     ensure(
         python.is_file(),
         format!(
-            "{} missing: run .ci/install-servers again",
+            "conda-lock is not installed: {} is missing (run .ci/install-servers again)",
             python.display()
         ),
     )?;
+    Ok(python)
+}
+
+/// Packs `env` into `dir/out` against the shared channel, returns the log (`-v`).
+fn pack(dir: &Path, env: &Path, out: &str, extra: &[&str]) -> String {
+    let o = run_ok(
+        envpack()
+            .arg("pack")
+            .arg(env)
+            .arg("-o")
+            .arg(dir.join(out))
+            .args(["--mirror", &mirror_arg(), "--no-progress", "-v", "--force"])
+            .args(extra),
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `envpack lock ENV`, then the packages of the lock as envpack wrote them, checked to be the
+/// ones conda-lock's own parser reads.
+fn lock_and_reload(python: &Path, env: &Path) -> Result<(PathBuf, Packages), Failed> {
+    run_ok(
+        envpack()
+            .arg("lock")
+            .arg(env)
+            .args(["--mirror", &mirror_arg(), "-q"]),
+    );
+    let lock = env.with_file_name("conda-lock.yml");
+    let ours = yaml_packages(&lock);
+    let theirs = conda_lock_packages(python, &lock)?;
+    ensure(
+        ours == theirs,
+        format!("conda-lock reads other packages:\nenvpack: {ours:?}\nconda-lock: {theirs:?}"),
+    )?;
+    ensure(
+        ours.iter()
+            .filter(|(m, ..)| m == "conda")
+            .all(|(.., u)| u.starts_with("https://conda.anaconda.org/conda-forge/")),
+        "conda URLs are not conda-forge's",
+    )?;
+    Ok((lock, ours))
+}
+
+fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
+-> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let python = conda_lock_python(&servers)?;
     let dir = tempfile::tempdir()?;
     // W1 and a `pip:` section: anyio needs idna (a conda package here, so pip leaves it) and
     // typing_extensions (installed by pip as a dependency only: not REQUESTED). No console
@@ -90,32 +140,8 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
             servers.wheels().display()
         ),
     )?;
-    let pack = |out: &str, extra: &[&str]| -> Result<String, Failed> {
-        let o = run_ok(
-            envpack()
-                .arg("pack")
-                .arg(&env)
-                .arg("-o")
-                .arg(dir.path().join(out))
-                .args(["--mirror", &mirror_arg(), "--no-progress", "-v", "--force"])
-                .args(extra),
-        );
-        Ok(String::from_utf8_lossy(&o.stderr).into_owned())
-    };
-    pack("solved.tar.gz", &[])?;
-    run_ok(
-        envpack()
-            .arg("lock")
-            .arg(&env)
-            .args(["--mirror", &mirror_arg(), "-q"]),
-    );
-    let lock = dir.path().join("conda-lock.yml");
-    let ours = yaml_packages(&lock);
-    let theirs = conda_lock_packages(&python, &lock)?;
-    ensure(
-        ours == theirs,
-        format!("conda-lock reads other packages:\nenvpack: {ours:?}\nconda-lock: {theirs:?}"),
-    )?;
+    pack(dir.path(), &env, "solved.tar.gz", &[]);
+    let (lock, ours) = lock_and_reload(&python, &env)?;
     let has = |manager: &str, name: &str, version: &str| {
         ours.iter()
             .any(|(m, n, v, _)| m == manager && n == name && v == version)
@@ -128,14 +154,8 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
             && !ours.iter().any(|(m, n, _, _)| m == "pip" && n == "idna"),
         format!("unexpected packages: {ours:?}"),
     )?;
-    ensure(
-        ours.iter()
-            .filter(|(m, ..)| m == "conda")
-            .all(|(.., u)| u.starts_with("https://conda.anaconda.org/conda-forge/")),
-        "conda URLs are not conda-forge's",
-    )?;
 
-    let log = pack("locked.tar.gz", &["--locked"])?;
+    let log = pack(dir.path(), &env, "locked.tar.gz", &["--locked"]);
     ensure(
         log.contains("--require-hashes"),
         format!("the locked pip install does not require hashes:\n{log}"),
@@ -156,14 +176,7 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
         format!("the manifest does not name the locked pins:\n{manifest}"),
     )?;
     // The lock alone (as PATH): its pip packages are installed too, through a staging prefix.
-    run_ok(
-        envpack()
-            .arg("pack")
-            .arg(&lock)
-            .arg("-o")
-            .arg(dir.path().join("alone.tar.gz"))
-            .args(["--mirror", &mirror_arg(), "-q"]),
-    );
+    pack(dir.path(), &lock, "alone.tar.gz", &[]);
     let alone = dir.path().join("alone");
     support::extract(&dir.path().join("alone.tar.gz"), &alone);
     let differ = differences_but_the_manifest(&x, &alone);
@@ -178,6 +191,47 @@ fn conda_lock_reads_what_envpack_lock_writes_and_the_locked_build_is_identical()
                 .join("typing_extensions-4.16.0.dist-info/REQUESTED")
                 .exists(),
         "REQUESTED marks differ from a solved install",
+    )?;
+    Ok(())
+}
+
+/// W1 (conda packages only): the lock `envpack lock` writes loads with conda-lock's parser, and
+/// the locked build is the solved build, byte for byte (same sha256, manifest included).
+fn a_lock_of_w1_packs_to_the_sha256_of_the_solved_build() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let python = conda_lock_python(&servers)?;
+    let dir = tempfile::tempdir()?;
+    let env = dir.path().join("environment.yml");
+    std::fs::write(
+        &env,
+        "name: w1\nchannels: [conda-forge]\ndependencies: [python=3.11, numpy<2, pip, six, idna]\n",
+    )?;
+    pack(dir.path(), &env, "solved.tar.gz", &[]);
+    let (_, ours) = lock_and_reload(&python, &env)?;
+    ensure(
+        ours.iter().all(|(m, ..)| m == "conda") && ours.len() > 20,
+        format!("unexpected packages: {ours:?}"),
+    )?;
+    let o = run_ok(
+        envpack()
+            .arg("pack")
+            .arg(&env)
+            .arg("-o")
+            .arg(dir.path().join("locked.tar.gz"))
+            .args(["--mirror", &mirror_arg(), "-q", "--json", "--locked"]),
+    );
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    ensure(
+        s["timings"].get("lock").is_some() && s["timings"].get("solve").is_none(),
+        format!("the locked build solved: {s}"),
+    )?;
+    let (a, b) = (
+        support::sha256_file(&dir.path().join("solved.tar.gz")),
+        support::sha256_file(&dir.path().join("locked.tar.gz")),
+    );
+    ensure(
+        a == b,
+        format!("the locked build ({b}) is not the solved build ({a})"),
     )?;
     Ok(())
 }
