@@ -28,6 +28,51 @@ pub enum Command {
     /// relocate it there, as its conda-unpack would, without Python.
     #[command(after_long_help = UNPACK_HELP)]
     Unpack(UnpackArgs),
+    /// Show what a packed environment holds (platform, Python, packages and their sizes, pip
+    /// packages, its manifest) and whether Triton and MLServer can use it, without extracting it.
+    #[command(after_long_help = INSPECT_HELP)]
+    Inspect(InspectArgs),
+}
+
+/// For `envpack inspect --help`.
+const INSPECT_HELP: &str = "\
+PATH is a tarball (gzip, zstd or plain tar: recognised by its content, not its name), a folder
+written by `envpack pack --format dir`, or a model folder: Triton's (config.pbtxt, its
+EXECUTION_ENV_PATH) or MLServer's (model-settings.json, its parameters.environment_tarball);
+without that setting, the tarball's default name in the model folder. The archive is read as
+one stream; nothing is written to disk.
+
+Sizes are those of the files each package installed (conda records' file lists; pip packages'
+RECORD). The checks are those `envpack pack` runs: Triton once per stub era (up to 23.04,
+23.05-24.10, from 24.11), or for --triton-version only; MLServer's per-model tarball and its
+image's MLSERVER_ENV_TARBALL. A failed check does not change the exit code (0).
+
+--json prints one document; its \"version\" (1) changes only when a field changes meaning or
+goes away. Fields: version, path, model {dir, server, config, config_value}, format, size,
+installed_size, files, platform, python, packages [{name, version, build, size, files}] and pip
+[{name, version, size, files}] largest first, other_size, manifest (conda-meta/envpack.json as
+written, or null), manifest_matches_records, checks [{consumer, releases, ok, problem, hint,
+notices, model}].
+
+  envpack inspect model_repository/my_model
+  envpack inspect environment.tar.gz --json | jq '.packages[:5]'";
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A tarball, a `--format dir` folder, or a Triton or MLServer model folder.
+    pub path: PathBuf,
+
+    /// Check Triton against this release (YY.MM) only, instead of once per stub era.
+    #[arg(long, value_name = "YY.MM")]
+    pub triton_version: Option<String>,
+
+    /// Print a machine-readable document on stdout (its \"version\" field is 1).
+    #[arg(long)]
+    pub json: bool,
+
+    /// More logs (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// For `envpack unpack --help`.

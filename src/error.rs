@@ -1,7 +1,9 @@
 //! The error of a whole run: one variant per stage, each with its own typed error, and what
 //! the user can do about it. The binary renders it once, with its causes and a hint.
 
-use crate::{channels, install, lock, manifest, pack, settings, solve, spec, targets, unpack};
+use crate::{
+    channels, inspect, install, lock, manifest, pack, settings, solve, spec, targets, unpack,
+};
 
 /// Every error envpack reports.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,9 @@ pub enum Error {
     /// `envpack unpack`.
     #[error(transparent)]
     Unpack(#[from] unpack::UnpackError),
+    /// `envpack inspect`.
+    #[error(transparent)]
+    Inspect(#[from] inspect::InspectError),
     /// Lock files.
     #[error(transparent)]
     Lock(#[from] lock::LockError),
@@ -70,6 +75,7 @@ impl Error {
                 "unpack to a shorter path, or give --dest-prefix with the shorter path the folder will be moved to".into(),
             ),
             Error::Lock(l) => l.hint(),
+            Error::Inspect(i) => i.hint(),
             _ => None,
         }
     }
@@ -79,6 +85,7 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Settings(e) => e.is_usage(),
+            Error::Inspect(e) => e.is_usage(),
             Error::Channel(_)
             | Error::Solve(solve::SolveError::InvalidSetting { .. })
             | Error::Pack(pack::PackError::NoOutputFolder { .. })

@@ -9,7 +9,8 @@
 //! - engines: `solve` (repodata + resolvo), `install` (rattler's installer, then pip), `pack`
 //!   (walk, relocate, archive, compress), `lock` (lock files: conda-lock, pixi, explicit);
 //! - domain: `targets` (Triton and MLServer models: detection, checks, config editing),
-//!   `unpack` (`envpack unpack`: safe extraction and native relocation, with pack's rewriting);
+//!   `unpack` (`envpack unpack`: safe extraction and native relocation, with pack's rewriting),
+//!   `inspect` (`envpack inspect`: what an archive holds and the checks' verdicts, streamed);
 //! - `settings` (arguments and environment variables, resolved once), `error` (the error of a
 //!   run), `pipeline` (the engine: one environment to one archive, solved or locked), `models`
 //!   (models and repositories, driving the engine), `locking` (`envpack lock`);
@@ -18,6 +19,7 @@
 mod channels;
 mod cleanup;
 mod error;
+mod inspect;
 mod install;
 mod lock;
 mod locking;
@@ -35,6 +37,9 @@ mod unpack;
 
 pub use cleanup::remove_all as remove_temporaries;
 pub use error::Error;
+pub use inspect::{
+    InspectError, InspectOptions, Inspection, ModelInfo, PackageInfo, PipInfo, Verdict, inspect,
+};
 pub use lock::Format as LockFormat;
 pub use locking::{LockReport, PlatformReport, lock};
 pub use models::{ModelReport, ModelsReport};
@@ -103,6 +108,7 @@ mod layering {
         ("lock", 2),
         ("targets", 3),
         ("unpack", 3),
+        ("inspect", 3),
         ("settings", 4),
         ("error", 5),
         ("pipeline", 6),

@@ -58,7 +58,157 @@ fn main() -> ExitCode {
         }
         Command::Unpack(args) => unpack(&args),
         Command::Lock(args) => lock_command(&args),
+        Command::Inspect(args) => inspect_command(&args),
     }
+}
+
+/// `envpack inspect PATH`.
+fn inspect_command(args: &cli::InspectArgs) -> ExitCode {
+    init_logging(args.verbose, Arc::new(progress::Bars::new(false)));
+    let options = envpack::InspectOptions {
+        triton_version: args.triton_version.clone(),
+    };
+    match envpack::inspect(&args.path, &options) {
+        Ok(i) => {
+            let mut out = std::io::stdout().lock();
+            let printed = if args.json {
+                serde_json::to_writer_pretty(&mut out, &i)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
+            } else {
+                print_inspection(&mut out, &i)
+            };
+            if let Err(e) = printed
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                let _ = writeln!(std::io::stderr(), "error: cannot write the report: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&Error::from(e)),
+    }
+}
+
+/// `envpack inspect`'s human report.
+fn print_inspection(out: &mut impl Write, i: &envpack::Inspection) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} ({}, {}; {} in {} once extracted)",
+        i.path.display(),
+        i.format,
+        human(i.size),
+        human(i.installed_size),
+        count(i.files, "file")
+    )?;
+    if let Some(m) = &i.model {
+        let how = m.config_value.as_ref().map_or_else(
+            || "its default name".to_string(),
+            |v| {
+                format!(
+                    "`{v}` in {}",
+                    m.config.file_name().unwrap_or_default().to_string_lossy()
+                )
+            },
+        );
+        writeln!(
+            out,
+            "model:     {} model {} (through {how})",
+            m.server,
+            m.dir.display()
+        )?;
+    }
+    let or_unknown = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
+    writeln!(out, "platform:  {}", or_unknown(&i.platform))?;
+    writeln!(out, "python:    {}", or_unknown(&i.python))?;
+    match &i.manifest {
+        Some(m) => {
+            let agrees = if i.manifest_matches_records == Some(false) {
+                " (its packages differ from conda-meta's records)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "manifest:  envpack {}, from {} ({}), {}, digest {}{agrees}",
+                m.envpack,
+                if m.source == "prefix" {
+                    "an existing environment"
+                } else {
+                    "an environment file"
+                },
+                m.format,
+                m.platform,
+                m.digest.get(..16).unwrap_or(&m.digest)
+            )?;
+            for l in &m.pip {
+                writeln!(out, "           pip: {l}")?;
+            }
+        }
+        None => writeln!(out, "manifest:  none (not written by envpack)")?,
+    }
+    let conda: u64 = i.packages.iter().map(|p| p.size).sum();
+    writeln!(
+        out,
+        "\n{}, {}:",
+        count(i.packages.len(), "conda package"),
+        human(conda)
+    )?;
+    for p in &i.packages {
+        writeln!(
+            out,
+            "  {:>9}  {:<28} {:<14} {}",
+            human(p.size),
+            p.name,
+            p.version,
+            p.build
+        )?;
+    }
+    if !i.pip.is_empty() {
+        let pip: u64 = i.pip.iter().map(|p| p.size).sum();
+        writeln!(
+            out,
+            "\n{}, {}:",
+            count(i.pip.len(), "pip package"),
+            human(pip)
+        )?;
+        for p in &i.pip {
+            writeln!(out, "  {:>9}  {:<28} {}", human(p.size), p.name, p.version)?;
+        }
+    }
+    writeln!(out, "\nother files: {}", human(i.other_size))?;
+    print_verdicts(out, &i.checks)
+}
+
+/// The checks' verdicts, a hint once when the next verdict has the same.
+fn print_verdicts(out: &mut impl Write, checks: &[envpack::Verdict]) -> std::io::Result<()> {
+    writeln!(out, "\nchecks:")?;
+    let mut last_hint = None;
+    for v in checks {
+        let who = match (&v.consumer[..], &v.releases) {
+            ("triton", Some(r)) => format!("triton {r}"),
+            ("mlserver", _) => "mlserver (environment_tarball)".into(),
+            ("mlserver-image", _) => "mlserver image (MLSERVER_ENV_TARBALL)".into(),
+            (c, _) => c.to_string(),
+        };
+        let mark = if v.model { " *" } else { "" };
+        match &v.problem {
+            None => writeln!(out, "  ok    {who}{mark}")?,
+            Some(p) => writeln!(out, "  FAIL  {who}{mark}: {p}")?,
+        }
+        for n in &v.notices {
+            writeln!(out, "          {n}")?;
+        }
+        if let Some(h) = &v.hint
+            && last_hint != Some(h)
+        {
+            writeln!(out, "          hint: {h}")?;
+        }
+        last_hint = v.hint.as_ref();
+    }
+    if checks.iter().any(|v| v.model) {
+        writeln!(out, "  (* the model's own server)")?;
+    }
+    Ok(())
 }
 
 /// `envpack unpack ARCHIVE DEST`.

@@ -16,6 +16,8 @@
 //! - [`lock`]: `envpack lock`, packs that install a lock (or an explicit file) without solving,
 //!   stale locks, `--locked`, `--frozen`.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
+//! - [`inspect`]: `envpack inspect` on a Triton and an MLServer model, `--json`'s fields, every
+//!   format and a folder.
 //! - [`unpack`]: `envpack unpack`: hostile archives refused, envpack's and conda-pack's
 //!   archives relocated natively, manifests checked, the fuzz seed corpus replayed.
 
@@ -35,6 +37,7 @@ mod conda_pack;
 mod determinism;
 mod failures;
 mod incremental;
+mod inspect;
 mod lock;
 mod models;
 mod pipeline;
