@@ -471,7 +471,7 @@ impl Scan {
         let records = self
             .records
             .into_iter()
-            .filter_map(|(k, r)| strip(&k).map(|_| r))
+            .filter_map(|(k, r)| strip(&k).filter(|rel| manifest::is_record(rel)).map(|_| r))
             .collect();
         let pip_records = self
             .pip_records
@@ -882,6 +882,70 @@ mod tests {
         ));
         assert!(!is_pip_record_member(
             "lib/python3.11/site-packages/anyio/RECORD"
+        ));
+    }
+
+    fn add(scan: &mut Scan, name: &str, entry: Entry, content: &str) {
+        let bytes = content.as_bytes().to_vec();
+        let size = bytes.len() as u64;
+        scan.add(
+            name.into(),
+            entry,
+            size,
+            false,
+            || Ok(bytes),
+            Path::new("x"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_root_is_found_and_only_its_records_count() {
+        let record = |n: &str| {
+            format!(r#"{{"name": "{n}", "version": "1", "build": "0", "files": ["share/{n}"]}}"#)
+        };
+        // At the root: a record in a subfolder is not one.
+        let mut scan = Scan::default();
+        add(
+            &mut scan,
+            "./conda-meta/a-1-0.json",
+            Entry::File,
+            &record("a"),
+        );
+        add(&mut scan, "./share/a", Entry::File, "aaa");
+        add(
+            &mut scan,
+            "./pkgs/conda-meta/b-1-0.json",
+            Entry::File,
+            &record("b"),
+        );
+        let env = scan.environment(Path::new("x")).unwrap();
+        let names: Vec<&str> = env.records.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        // Folders on the way exist without their own members.
+        assert_eq!(env.listing.0.get("share"), Some(&Entry::Dir));
+        let report = env.report(PathBuf::from("x"), Format::Tar, 1);
+        assert_eq!(report.packages[0].size, 3);
+        assert_eq!(report.other_size, report.installed_size - 3);
+        // Below one folder (conda-pack's --arcroot).
+        let mut scan = Scan::default();
+        add(
+            &mut scan,
+            "env/conda-meta/b-1-0.json",
+            Entry::File,
+            &record("b"),
+        );
+        add(&mut scan, "env/share/b", Entry::File, "bb");
+        let env = scan.environment(Path::new("x")).unwrap();
+        assert_eq!(env.records[0].name, "b");
+        assert_eq!(env.sizes.get("share/b"), Some(&2));
+        // Nothing that looks like an environment.
+        let mut scan = Scan::default();
+        add(&mut scan, "a/x", Entry::File, "");
+        add(&mut scan, "b/y", Entry::File, "");
+        assert!(matches!(
+            scan.environment(Path::new("x")),
+            Err(InspectError::NoEnvironment { .. })
         ));
     }
 
