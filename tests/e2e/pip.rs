@@ -34,7 +34,68 @@ pub fn cases() -> Vec<Case> {
             needs: &[Needs::Channel, Needs::Servers],
             run: pip_replacing_a_conda_package_keeps_pips_version,
         },
+        Case {
+            name: "pip::a_changed_pip_line_rebuilds_and_an_unchanged_one_is_up_to_date",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: a_changed_pip_line_rebuilds_and_an_unchanged_one_is_up_to_date,
+        },
     ]
+}
+
+/// Incremental packs with a `pip:` section: the same command again writes nothing (same bytes,
+/// same mtime) and says "up to date"; one `pip:` line changed rebuilds, without `--force`.
+fn a_changed_pip_line_rebuilds_and_an_unchanged_one_is_up_to_date() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("env.tar.gz");
+    let pack = |env: &Path| -> Result<serde_json::Value, Failed> {
+        let o = run_ok(envpack().arg("pack").arg(env).arg("-o").arg(&out).args([
+            "--mirror",
+            &mirror_arg(),
+            "-q",
+            "--json",
+        ]));
+        Ok(serde_json::from_slice(&o.stdout)?)
+    };
+    let env = pip_env(
+        dir.path(),
+        "inc",
+        &["python=3.11", "pip"],
+        &["cowsay"],
+        &servers.wheels(),
+    );
+    let first = pack(&env)?;
+    ensure(first["up_to_date"] == false, format!("{first}"))?;
+    let (bytes, mtime) = (
+        support::sha256_file(&out),
+        std::fs::metadata(&out)?.modified()?,
+    );
+    let again = pack(&env)?;
+    ensure(
+        again["up_to_date"] == true && again["digest"] == first["digest"],
+        format!("the repeat was not up to date: {again}"),
+    )?;
+    ensure(
+        support::sha256_file(&out) == bytes && std::fs::metadata(&out)?.modified()? == mtime,
+        "the repeat rewrote the output",
+    )?;
+    let env = pip_env(
+        dir.path(),
+        "inc",
+        &["python=3.11", "pip"],
+        &["cowsay==6.1"],
+        &servers.wheels(),
+    );
+    let changed = pack(&env)?;
+    ensure(
+        changed["up_to_date"] == false && changed["digest"] != first["digest"],
+        format!("a changed pip: line did not rebuild: {changed}"),
+    )?;
+    ensure(
+        std::fs::metadata(&out)?.modified()? != mtime,
+        "the output was not rewritten",
+    )?;
+    Ok(())
 }
 
 /// An environment file with conda `deps` and a `pip:` section installing `pip` offline from
