@@ -1,52 +1,135 @@
-//! Temporary files and folders to remove if the process is interrupted.
+//! Temporary files and folders to remove if the process is interrupted, and stale ones left
+//! by a process that was killed.
 //!
 //! Partial outputs and staging prefixes are normally removed when their owners are dropped;
 //! an interrupt (Ctrl-C, `docker stop`) ends the process without drops. Each temporary is
 //! registered here while it exists, and the binary's signal handler calls [`remove_all`]
 //! before exiting, so an interrupted pack leaves nothing behind.
+//!
+//! `kill -9` runs no handler. Every registered temporary is also locked (`flock` on the file
+//! or folder itself) while its owner lives, so a later run can tell a stale temporary (its
+//! lock can be taken) from one another run is writing (locked), whatever their ages:
+//! [`sweep`] removes the stale ones.
+//!
+//! Publishing an output (the final rename) and the interrupt exclude each other: either the
+//! output appears complete and the handler says so, or it never appears.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static PUBLISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Keeps a path registered until dropped.
+/// Keeps a path registered (and locked) until dropped.
 #[derive(Debug)]
-pub struct Guard(PathBuf);
+pub struct Guard {
+    path: PathBuf,
+    _lock: Option<std::fs::File>,
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Ok(mut r) = REGISTERED.lock()
-            && let Some(i) = r.iter().position(|p| p == &self.0)
+            && let Some(i) = r.iter().position(|p| p == &self.path)
         {
             r.swap_remove(i);
         }
     }
 }
 
-/// Registers `path` (a file or a folder) for removal on interrupt.
+/// Registers `path` (a file or a folder) for removal on interrupt, and locks it so that
+/// [`sweep`] leaves it alone while this process lives.
 #[must_use]
 pub fn register(path: &Path) -> Guard {
+    let lock = std::fs::File::open(path)
+        .ok()
+        .filter(|f| f.try_lock().is_ok());
     if let Ok(mut r) = REGISTERED.lock() {
         r.push(path.to_path_buf());
     }
-    Guard(path.to_path_buf())
+    Guard {
+        path: path.to_path_buf(),
+        _lock: lock,
+    }
 }
 
-/// Removes every registered path (called on interrupt).
-pub fn remove_all() {
-    let paths = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
+/// Whether an interrupt arrived: the main thread then leaves the exit to the handler.
+#[must_use]
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Runs `publish` (the rename that makes an output appear) so that an interrupt cannot cut
+/// it: the handler waits for it, and then names `output` as complete.
+pub fn publishing<E>(output: &Path, publish: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+    let guard = REGISTERED.lock();
+    let result = publish();
+    if result.is_ok()
+        && let Ok(mut p) = PUBLISHED.lock()
+    {
+        p.push(output.to_path_buf());
+    }
+    drop(guard);
+    result
+}
+
+/// Removes every registered path (called on interrupt) and returns the outputs that were
+/// already complete. Holds the registry until the process exits: nothing is published after.
+pub fn remove_all() -> Vec<PathBuf> {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    let registry = REGISTERED.lock();
+    let paths = registry.as_ref().map(|r| (*r).clone()).unwrap_or_default();
     for p in paths {
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir_all(&p);
+        // Threads may still be writing into a staging folder: retry until it is gone.
+        for _ in 0..50 {
+            let r = match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(_) => std::fs::remove_file(&p),
+                Err(_) => break,
+            };
+            if r.is_ok() && std::fs::symlink_metadata(&p).is_err() {
+                break;
             }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&p);
-            }
-            Err(_) => {}
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+    // Keep the registry locked: publishing() blocks until the process exits.
+    std::mem::forget(registry);
+    PUBLISHED.lock().map(|p| p.clone()).unwrap_or_default()
+}
+
+/// Removes the stale temporaries in `dir` whose names `is_ours` accepts: those no living
+/// process holds locked (left by `kill -9` or a crash). Returns what was removed.
+pub fn sweep(dir: &Path, is_ours: impl Fn(&str, &Path) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = e.path();
+        if !is_ours(name, &path) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // a living process writes it
+        }
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if r.is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -63,11 +146,15 @@ mod tests {
         let kept = d.path().join("kept");
         std::fs::write(&kept, "x").unwrap();
         let g1 = register(&file);
-        let _g2 = register(&dir);
+        let g2 = register(&dir);
         drop(register(&kept));
-        remove_all();
-        assert!(!file.exists() && !dir.exists());
-        assert!(kept.exists(), "an unregistered path was removed");
+        // Locked while registered: a sweep leaves them.
+        assert!(sweep(d.path(), |n, _| n == "partial" || n == "staging").is_empty());
+        drop(g2);
+        std::fs::create_dir_all(dir.join("env/bin")).unwrap();
+        assert_eq!(sweep(d.path(), |n, _| n == "staging"), vec![dir.clone()]);
         drop(g1);
+        assert!(kept.exists(), "an unregistered path was swept");
+        assert!(file.exists());
     }
 }

@@ -88,7 +88,11 @@ impl Error {
             Error::Inspect(e) => e.is_usage(),
             Error::Channel(_)
             | Error::Solve(solve::SolveError::InvalidSetting { .. })
-            | Error::Pack(pack::PackError::NoOutputFolder { .. })
+            | Error::Pack(
+                pack::PackError::NoOutputFolder { .. }
+                | pack::PackError::NotReplaceable { .. }
+                | pack::PackError::UnsafeName { .. },
+            )
             | Error::Unpack(unpack::UnpackError::BadPrefix(_)) => true,
             _ => false,
         }
@@ -111,6 +115,8 @@ fn pack_hint(e: &pack::PackError) -> Option<String> {
     use pack::PackError as P;
     Some(match e {
         P::OutputExists { .. } => "use --force to overwrite it, or -o to choose another name".into(),
+        P::NotReplaceable { .. } => "choose another output with -o".into(),
+        P::UnsafeName { .. } => "name the output with -o, or give `name:` a plain file name".into(),
         P::Editable { .. } => "install those packages normally (not with `pip install -e`), or pass --ignore-editable-packages".into(),
         P::MissingFiles { .. } => "reinstall the affected packages, or pass --ignore-missing-files to pack without them".into(),
         P::Relocate { .. } => "choose a shorter --dest-prefix".into(),

@@ -35,7 +35,7 @@ mod spec;
 mod targets;
 mod unpack;
 
-pub use cleanup::remove_all as remove_temporaries;
+pub use cleanup::{interrupted, remove_all as remove_temporaries};
 pub use error::Error;
 pub use inspect::{
     InspectError, InspectOptions, Inspection, ModelInfo, PackageInfo, PipInfo, Verdict, inspect,

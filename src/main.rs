@@ -40,6 +40,13 @@ fn main() -> ExitCode {
             let result = Settings::resolve(args.request(sub), &env, &cwd)
                 .map_err(Error::from)
                 .and_then(|s| envpack::run(&s, &(bars.clone() as SharedReporter)));
+            if envpack::interrupted() {
+                // The handler removes the temporaries and exits; errors its removal caused
+                // here are not the user's.
+                loop {
+                    std::thread::park();
+                }
+            }
             match result {
                 Ok(report) => {
                     let printed = match &report {
@@ -341,8 +348,12 @@ fn on_interrupt_remove_temporaries() {
     };
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            envpack::remove_temporaries();
-            let _ = writeln!(std::io::stderr(), "\ninterrupted: temporary files removed");
+            let complete = envpack::remove_temporaries();
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "\ninterrupted: temporary files removed");
+            for output in complete {
+                let _ = writeln!(err, "{} was already complete and is kept", output.display());
+            }
             std::process::exit(128 + signal);
         }
     });

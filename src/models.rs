@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::pack::walk::Tree;
-use crate::pack::{Format, archive};
+use crate::pack::{Format, archive, publish};
 use crate::pipeline::{self, Pipeline, Solved, Summary};
 use crate::report::{Notice, Reporter, SharedReporter, Stage};
 use crate::settings::Settings;
@@ -414,7 +414,13 @@ pub fn pack_models(
             let leader = sh.build_leader[sh.build_of_job[j]];
             if leader != j && shared[sh.build_of_job[j]].is_none() {
                 let t = Instant::now();
-                copy_output(&jobs[leader].output, &job.output, format)?;
+                copy_output(
+                    &jobs[leader].output,
+                    &job.output,
+                    format,
+                    settings.force,
+                    &settings.inputs(),
+                )?;
                 seconds[j] = t.elapsed().as_secs_f64();
             }
         }
@@ -670,22 +676,31 @@ pub fn pack_mlserver_image(
 
 /// Copies a packed environment (a file or a folder) to `to`, through a temporary name beside
 /// it: never a partial output.
-fn copy_output(from: &Path, to: &Path, format: Format) -> Result<(), TargetError> {
+fn copy_output(
+    from: &Path,
+    to: &Path,
+    format: Format,
+    force: bool,
+    inputs: &[PathBuf],
+) -> Result<(), Error> {
     if format == Format::Dir {
-        let (tmp, _interrupt) = archive::temp_dir_beside(to)?;
+        let (tmp, _interrupt) = archive::temp_dir_beside(to).map_err(TargetError::from)?;
         copy_tree(from, tmp.path())?;
-        let perms = fs_err::metadata(from)?.permissions();
-        fs_err::set_permissions(tmp.path(), perms)?;
+        let perms = fs_err::metadata(from)
+            .map_err(TargetError::from)?
+            .permissions();
+        fs_err::set_permissions(tmp.path(), perms).map_err(TargetError::from)?;
         let kept = tmp.keep();
-        if to.exists() {
-            fs_err::remove_dir_all(to)?;
+        if let Err(e) = publish::publish(&kept, to, force, inputs) {
+            let _ = fs_err::remove_dir_all(&kept);
+            return Err(e.into());
         }
-        fs_err::rename(&kept, to)?;
     } else {
-        let (tmp, _interrupt) = archive::temp_file_beside(to)?;
-        fs_err::copy(from, tmp.path())?;
-        tmp.persist(to)
-            .map_err(|e| crate::paths::at("failed to write", to)(e.error))?;
+        let (tmp, _interrupt) = archive::temp_file_beside(to).map_err(TargetError::from)?;
+        fs_err::copy(from, tmp.path()).map_err(TargetError::from)?;
+        let tmp = tmp.into_temp_path();
+        publish::publish(&tmp, to, force, inputs)?;
+        let _ = tmp.keep();
     }
     Ok(())
 }
@@ -744,7 +759,7 @@ mod tests {
         fs_err::write(&a, b"bytes").unwrap();
         let b = t.path().join("m/b.tar.gz");
         fs_err::create_dir_all(b.parent().unwrap()).unwrap();
-        copy_output(&a, &b, Format::TarGz).unwrap();
+        copy_output(&a, &b, Format::TarGz, false, &[]).unwrap();
         assert_eq!(fs_err::read(&b).unwrap(), b"bytes");
 
         let src = t.path().join("env");
@@ -757,8 +772,10 @@ mod tests {
         )
         .unwrap();
         let dst = t.path().join("m/env");
-        fs_err::create_dir_all(&dst).unwrap(); // an old output, replaced
-        copy_output(&src, &dst, Format::Dir).unwrap();
+        // An old output, replaced.
+        fs_err::create_dir_all(dst.join("conda-meta")).unwrap();
+        fs_err::create_dir_all(dst.join("share/envpack")).unwrap();
+        copy_output(&src, &dst, Format::Dir, true, &[]).unwrap();
         assert_eq!(
             fs_err::read_link(dst.join("bin/python")).unwrap(),
             Path::new("python3.11")

@@ -238,6 +238,14 @@ impl Solved {
             timings: self.timings.clone(),
             lock: self.lock.clone(),
         }
+        .with_notices(self.env.warnings.iter().cloned().map(Notice::warning))
+    }
+}
+
+impl Summary {
+    fn with_notices(mut self, notices: impl Iterator<Item = Notice>) -> Self {
+        self.notices.extend(notices);
+        self
     }
 
     /// The digest of the output this environment packs to with `options`: its identity, the
@@ -314,6 +322,8 @@ impl Drop for Staged {
             && let Some(work) = self.work.take()
         {
             let kept = work.keep();
+            // A kept folder is the user's now: later runs do not sweep it.
+            let _ = std::fs::remove_file(kept.join(IN_USE));
             self.reporter.on_notice(&Notice::note(format!(
                 "staging prefix kept at {}",
                 kept.join("env").display()
@@ -505,11 +515,11 @@ impl<'a> Pipeline<'a> {
     /// Installs the solved packages, then the `pip:` section, into a fresh staging prefix.
     pub fn install(&self, solved: &Solved, reporter: &SharedReporter) -> Result<Staged, Error> {
         let settings = self.settings;
-        let work = work_dir(settings)?;
+        let (work, interrupt) = work_dir(settings)?;
         let prefix = work.path().join("env");
         let mut staged = Staged {
             prefix: prefix.clone(),
-            _interrupt: crate::cleanup::register(work.path()),
+            _interrupt: interrupt,
             work: Some(work),
             timings: Timings::default(),
             keep: settings.keep_work,
@@ -683,9 +693,17 @@ impl<'a> Pipeline<'a> {
                 .as_deref()
                 .unwrap_or(spec::DEFAULT_PYTHON),
         )?;
-        let output = output.unwrap_or_else(|| {
-            default_output(self.settings, env.name.as_deref().unwrap_or("environment"))
-        });
+        for w in &env.warnings {
+            reporter.on_notice(&Notice::warning(w.clone()));
+        }
+        let output = match output {
+            Some(o) => o,
+            None => {
+                let name = env.name.as_deref().unwrap_or("environment");
+                check_name(name)?;
+                default_output(self.settings, name)
+            }
+        };
         let existing = check_output(self.settings, &output)?;
         let solved = self.solve(env, reporter)?;
         let format = self.settings.pack.format;
@@ -819,8 +837,17 @@ impl<'a> Pipeline<'a> {
         timings: &mut Timings,
         reporter: &SharedReporter,
     ) -> Result<u64, Error> {
+        let inputs = self.settings.inputs();
+        // An output envpack wrote (it carries a manifest) is replaced without `--force`, as
+        // `check_output` allowed; what `--force` may never replace is still refused.
+        let ours = manifest::read(output).is_ok_and(|m| m.is_some());
+        let dest = pack::archive::Destination {
+            path: output,
+            force: self.settings.force || ours,
+            inputs: &inputs,
+        };
         Ok(timings.time(Stage::Pack, || {
-            pack::execute(plan, output, self.pool.clone(), reporter)
+            pack::execute(plan, &dest, self.pool.clone(), reporter)
         })?)
     }
 }
@@ -895,8 +922,19 @@ fn staging_prefix_len(settings: &Settings) -> Option<usize> {
 /// Checks, before any work, that `output` may be written: it does not exist, or envpack wrote
 /// it (it carries a manifest, returned: the output is up to date when the digest matches,
 /// else it is replaced), or `--force`. With `--force` the manifest is not read: everything is
-/// redone.
+/// redone. Never replaceable, even with `--force`: a device, FIFO or socket, a folder envpack
+/// did not write, a folder holding an input of the run.
 pub fn check_output(settings: &Settings, output: &Path) -> Result<Option<Manifest>, Error> {
+    if let Some(reason) = pack::publish::not_replaceable(output, &settings.inputs()) {
+        return Err(PackError::NotReplaceable {
+            path: output.to_path_buf(),
+            reason,
+        }
+        .into());
+    }
+    if !settings.dry_run {
+        sweep_partials(output);
+    }
     let existing = if settings.force || fs_err::symlink_metadata(output).is_err() {
         None
     } else {
@@ -944,6 +982,23 @@ pub fn output_size(output: &Path) -> Result<u64, Error> {
     } else {
         meta.len()
     })
+}
+
+/// An environment's `name:` names the default output only when it is a plain file name: no
+/// `/`, not `.` or `..`, no control character (a newline would land in the file name).
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let bad = name.contains('/')
+        || name == "."
+        || name == ".."
+        || name.starts_with('-')
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(PackError::UnsafeName {
+            name: name.to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// `<name><extension>` in the current folder.
@@ -1039,13 +1094,38 @@ fn output_inside(prefix: &Path, output: &Path) -> Vec<pack::Filter> {
     ]
 }
 
-/// A fresh folder for the staging prefix, removed when dropped.
-fn work_dir(settings: &Settings) -> Result<tempfile::TempDir, Error> {
+/// Marks a work folder as envpack's staging folder while a run uses it (removed when it is
+/// kept with `--keep-work`): only marked folders are swept.
+const IN_USE: &str = ".envpack-in-use";
+
+/// A fresh folder for the staging prefix, removed when dropped. Staging folders that runs
+/// killed with `kill -9` left in the work folder (unlocked) are removed first.
+fn work_dir(settings: &Settings) -> Result<(tempfile::TempDir, crate::cleanup::Guard), Error> {
     fs_err::create_dir_all(&settings.work_dir).map_err(install::InstallError::from)?;
-    Ok(tempfile::Builder::new()
+    crate::cleanup::sweep(&settings.work_dir, |name, path| {
+        name.starts_with("envpack-") && path.join(IN_USE).is_file()
+    });
+    let dir = tempfile::Builder::new()
         .prefix("envpack-")
         .tempdir_in(&settings.work_dir)
-        .map_err(install::InstallError::from)?)
+        .map_err(install::InstallError::from)?;
+    // Registered (and locked) before it is marked: a marked folder is always locked while
+    // its run lives.
+    let guard = crate::cleanup::register(dir.path());
+    fs_err::write(dir.path().join(IN_USE), b"").map_err(install::InstallError::from)?;
+    Ok((dir, guard))
+}
+
+/// Removes the partial outputs (`.NAME.XXXXXX.partial`) beside `output` that no living run
+/// writes.
+fn sweep_partials(output: &Path) {
+    let (Some(dir), Some(name)) = (output.parent(), output.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    crate::cleanup::sweep(dir, |n, _| {
+        n.starts_with(&prefix) && n.ends_with(".partial")
+    });
 }
 
 /// The packages of `records` for reports, with canonical channels.
@@ -1079,6 +1159,7 @@ mod tests {
             pip: pip.iter().map(ToString::to_string).collect(),
             variables: Vec::new(),
             digest: String::new(),
+            warnings: Vec::new(),
         }
     }
 

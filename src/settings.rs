@@ -41,6 +41,16 @@ pub enum SettingsError {
         /// The value given.
         value: String,
     },
+    /// A flag's value that cannot work.
+    #[error("{flag} {value:?}: {reason}")]
+    InvalidValue {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A `--triton-version` that is not `YY.MM`.
     #[error("--triton-version takes a release as YY.MM (e.g. 24.10), not `{value}`")]
     TritonVersion {
@@ -335,6 +345,24 @@ pub struct LockSettings {
 }
 
 impl Settings {
+    /// What the run reads, which no output may replace: the current folder, the environment
+    /// file or prefix, the models (and the repository root), `--model-file`.
+    #[must_use]
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.cwd.clone()];
+        match &self.input {
+            Input::EnvironmentFile(p) | Input::Prefix(p) | Input::MlServerImage(p) => {
+                v.push(p.clone());
+            }
+            Input::Models { root, models } => {
+                v.push(root.clone());
+                v.extend(models.iter().map(|m| m.dir.clone()));
+            }
+        }
+        v.extend(self.model_file.clone());
+        v
+    }
+
     /// Resolves a request against the environment (`env` reads variables) and `cwd`.
     pub fn resolve(
         req: Request,
@@ -344,6 +372,7 @@ impl Settings {
         check_versions(&req)?;
         let input = resolve_input(&req, cwd)?;
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
+        check_values(&req, format)?;
         let models = matches!(input, Input::Models { .. });
         let triton_version = resolve_model_flags(&req, models)?;
         let alias = req
@@ -380,7 +409,6 @@ impl Settings {
         }
         let threads = req
             .threads
-            .filter(|t| *t > 0)
             .or_else(|| {
                 std::thread::available_parallelism()
                     .ok()
@@ -394,10 +422,7 @@ impl Settings {
                 .map_err(|_| SettingsError::SourceDateEpoch { value: v.clone() })?,
             None => crate::pack::archive::MTIME,
         };
-        let parallel = req
-            .parallel
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| threads.min(4));
+        let parallel = req.parallel.unwrap_or_else(|| threads.min(4));
         Ok(Settings {
             input,
             output,
@@ -476,6 +501,64 @@ fn check_versions(req: &Request) -> Result<(), SettingsError> {
         && !(is_dotted_version(v) && v.matches('.').count() == 1)
     {
         return Err(SettingsError::Python { value: v.clone() });
+    }
+    Ok(())
+}
+
+/// Values that parse but cannot work: refused before any work.
+fn check_values(req: &Request, format: Format) -> Result<(), SettingsError> {
+    let invalid = |flag, value: String, reason| SettingsError::InvalidValue {
+        flag,
+        value,
+        reason,
+    };
+    if req.threads == Some(0) {
+        return Err(invalid("--threads", "0".into(), "give at least 1 thread"));
+    }
+    if req.parallel == Some(0) {
+        return Err(invalid("--parallel", "0".into(), "give at least 1"));
+    }
+    if let Some(level) = req.level {
+        let ok = match format {
+            Format::TarGz => (0..=9).contains(&level),
+            Format::TarZst => (1..=22).contains(&level),
+            Format::Tar | Format::Dir => true,
+        };
+        if !ok {
+            return Err(invalid(
+                "--compress-level",
+                level.to_string(),
+                if format == Format::TarZst {
+                    "zstd levels are 1 to 22"
+                } else {
+                    "gzip levels are 0 to 9"
+                },
+            ));
+        }
+    }
+    if let Some(d) = &req.dest_prefix
+        && d.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "--dest-prefix",
+            d.clone(),
+            "holds a control character (a newline?)",
+        ));
+    }
+    if let Some(a) = &req.arcroot {
+        let p = Path::new(a);
+        if a.is_empty()
+            || p.is_absolute()
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || a.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "--arcroot",
+                a.clone(),
+                "must be a relative path of plain folder names (no `..`, `.` or leading `/`)",
+            ));
+        }
     }
     Ok(())
 }

@@ -208,11 +208,35 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
         .map(|c| Channel::from_url(c.fetch.clone()))
         .collect();
     let repodata = gateway
-        .query(sources, [request.platform, Subdir::NoArch], specs.clone())
+        .query(
+            sources.clone(),
+            [request.platform, Subdir::NoArch],
+            specs.clone(),
+        )
         .recursive(true)
         .execute()
         .await
         .map_err(SolveError::Repodata)?;
+
+    // What the channels hold of each requested name, to explain an unsolvable environment.
+    let mut versions: std::collections::BTreeMap<String, Vec<(Version, String)>> = specs
+        .iter()
+        .filter_map(|s| {
+            s.name
+                .as_exact()
+                .map(|n| (n.as_normalized().to_string(), Vec::new()))
+        })
+        .collect();
+    for rd in repodata.iter() {
+        for r in rd {
+            if let Some(v) = versions.get_mut(r.package_record.name.as_normalized()) {
+                v.push((
+                    r.package_record.version.version().clone(),
+                    r.package_record.version.to_string(),
+                ));
+            }
+        }
+    }
 
     let virtual_packages = request.virtual_packages;
     let platform = request.platform;
@@ -232,9 +256,41 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
     let mut records = match result {
         Ok(r) => r.records,
         Err(rattler_solve::SolveError::Unsolvable(lines)) => {
+            let mut explanation = lines.join("\n");
+            let missing: Vec<&String> = versions
+                .iter()
+                .filter(|(_, v)| v.is_empty())
+                .map(|(n, _)| n)
+                .collect();
+            if !missing.is_empty() {
+                let names: Vec<String> = gateway
+                    .names(sources.clone(), [platform, Subdir::NoArch])
+                    .execute()
+                    .await
+                    .map(|o| {
+                        o.names
+                            .iter()
+                            .map(|n| n.as_normalized().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for name in missing {
+                    explanation.push_str(&no_such_package(name, &names));
+                }
+            }
+            for spec in &specs {
+                let Some(name) = spec.name.as_exact().map(PackageName::as_normalized) else {
+                    continue;
+                };
+                if let Some(found) = versions.get(name).filter(|v| !v.is_empty())
+                    && spec.version.is_some()
+                {
+                    explanation.push_str(&available_versions(name, found));
+                }
+            }
             return Err(SolveError::Unsolvable {
                 platform,
-                explanation: lines.join("\n"),
+                explanation,
             });
         }
         Err(e) => return Err(SolveError::Solver(e)),
@@ -243,9 +299,77 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
     Ok(Solution { records, channels })
 }
 
+/// "no package named X" with the closest names in the channels, if any are close.
+fn no_such_package(name: &str, names: &[String]) -> String {
+    let mut close: Vec<(usize, &String)> = names
+        .iter()
+        .map(|n| (edit_distance(name, n), n))
+        .filter(|(d, n)| *d <= (name.len() / 3).max(1) && n.as_str() != name)
+        .collect();
+    close.sort();
+    let close: Vec<String> = close
+        .iter()
+        .take(3)
+        .map(|(_, n)| format!("`{n}`"))
+        .collect();
+    if close.is_empty() {
+        format!("\nno package named `{name}` in the channels")
+    } else {
+        format!(
+            "\nno package named `{name}` in the channels; did you mean {}?",
+            close.join(" or ")
+        )
+    }
+}
+
+/// "versions of X in the channels: ..." (the newest few, newest last).
+fn available_versions(name: &str, found: &[(Version, String)]) -> String {
+    let mut v: Vec<&(Version, String)> = found.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.dedup_by(|a, b| a.1 == b.1);
+    let shown: Vec<&str> = v
+        .iter()
+        .rev()
+        .take(12)
+        .rev()
+        .map(|(_, s)| s.as_str())
+        .collect();
+    let more = if v.len() > shown.len() { "..., " } else { "" };
+    format!(
+        "\nversions of `{name}` in the channels for this platform: {more}{}",
+        shown.join(", ")
+    )
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_names_get_a_suggestion() {
+        assert_eq!(edit_distance("numpyy", "numpy"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        let names = vec!["numpy".to_string(), "pandas".into(), "numba".into()];
+        let m = no_such_package("numpyy", &names);
+        assert!(m.contains("did you mean `numpy`?"), "{m}");
+        assert!(!no_such_package("zzzzzz", &names).contains("did you mean"));
+    }
 
     #[test]
     fn virtual_packages_are_explicit_and_overridable() {

@@ -109,6 +109,8 @@ pub struct EnvironmentSpec {
     pub variables: Vec<(String, String)>,
     /// sha256 of the file's bytes: environments read from identical files are identical.
     pub digest: String,
+    /// What was ignored (unknown keys, invalid `variables:`), for the user.
+    pub warnings: Vec<String>,
 }
 
 impl EnvironmentSpec {
@@ -120,7 +122,6 @@ impl EnvironmentSpec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
     name: Option<String>,
     #[allow(dead_code)]
@@ -131,13 +132,16 @@ struct RawFile {
     dependencies: Vec<RawDependency>,
     #[serde(default)]
     variables: serde_yaml::Mapping,
+    /// Keys conda ignores (conda-lock adds `platforms`, `category`): warned about.
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawDependency {
     Spec(String),
-    Section(std::collections::BTreeMap<String, Vec<String>>),
+    Section(std::collections::BTreeMap<String, Option<Vec<String>>>),
     // `- 3.11` style numbers are not valid specs in conda either, but give a useful error.
     Other(serde_yaml::Value),
 }
@@ -219,7 +223,7 @@ fn parse(path: &Path, text: &str, bytes: &[u8]) -> Result<EnvironmentSpec, SpecE
             RawDependency::Section(map) => {
                 for (name, lines) in map {
                     if name == "pip" {
-                        pip.extend(lines);
+                        pip.extend(lines.unwrap_or_default());
                     } else {
                         return Err(SpecError::UnknownSubsection {
                             path: path.to_path_buf(),
@@ -253,11 +257,26 @@ fn parse(path: &Path, text: &str, bytes: &[u8]) -> Result<EnvironmentSpec, SpecE
     if channels.is_empty() {
         channels.push("conda-forge".to_string());
     }
-    let variables = raw
-        .variables
-        .into_iter()
-        .filter_map(|(k, v)| Some((yaml_scalar(&k)?, yaml_scalar(&v)?)))
+    let mut warnings: Vec<String> = raw
+        .unknown
+        .keys()
+        .map(|k| format!("{}: unknown key `{k}` ignored", path.display()))
         .collect();
+    let mut variables = Vec::new();
+    for (k, v) in raw.variables {
+        match (yaml_scalar(&k), yaml_scalar(&v)) {
+            (Some(k), Some(v)) if is_variable_name(&k) => variables.push((k, v)),
+            (Some(k), Some(_)) => warnings.push(format!(
+                "{}: variable `{k}` ignored: not a valid environment variable name",
+                path.display()
+            )),
+            (k, _) => warnings.push(format!(
+                "{}: variable `{}` ignored: its value is not a string, number or boolean",
+                path.display(),
+                k.unwrap_or_else(|| "?".into())
+            )),
+        }
+    }
     Ok(EnvironmentSpec {
         path: path.to_path_buf(),
         name: raw.name.filter(|n| !n.trim().is_empty()),
@@ -266,7 +285,15 @@ fn parse(path: &Path, text: &str, bytes: &[u8]) -> Result<EnvironmentSpec, SpecE
         pip,
         variables,
         digest: hex(&Sha256::digest(bytes)),
+        warnings,
     })
+}
+
+/// A name a shell can export: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_variable_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn yaml_scalar(v: &serde_yaml::Value) -> Option<String> {

@@ -50,30 +50,36 @@ impl<W: Write> Write for Progress<W> {
 /// relocating and compressing overlap on them.
 pub fn write_tar(
     plan: &PackPlan,
-    out: &Path,
+    dest: &Destination<'_>,
     compression: Compression,
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {
+    let out = dest.path;
     let (tmp, _interrupt) = temp_file_beside(out)?;
     let file = tmp
         .as_file()
         .try_clone()
         .map_err(PackError::io(tmp.path()))?;
     let file = Arc::clone(&pool)
-        .install(|| write_tar_stream(plan, file, tmp.path(), compression, pool, reporter))?;
+        .install(|| write_tar_stream(plan, file, tmp.path(), out, compression, pool, reporter))?;
     file.sync_all().map_err(PackError::io(tmp.path()))?;
     let size = file.metadata().map_err(PackError::io(tmp.path()))?.len();
     set_output_mode(tmp.path())?;
-    tmp.persist(out).map_err(|e| PackError::io(out)(e.error))?;
+    let tmp = tmp.into_temp_path();
+    super::publish::publish(&tmp, out, dest.force, dest.inputs)?;
+    // Published: the temporary's name is gone (or holds the replaced output, removed).
+    let _ = tmp.keep();
     Ok(size)
 }
 
-/// The tar stream of `plan`, compressed, into `file` (the temporary at `path`).
+/// The tar stream of `plan`, compressed, into `file` (the temporary at `path`, to become
+/// `out`).
 fn write_tar_stream(
     plan: &PackPlan,
     file: File,
     path: &Path,
+    out: &Path,
     compression: Compression,
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
@@ -85,9 +91,16 @@ fn write_tar_stream(
         pending: 0,
     };
     for m in &plan.members {
-        write_member(&mut w, plan, m).map_err(|source| PackError::Write {
-            member: m.path.clone(),
-            source,
+        write_member(&mut w, plan, m).map_err(|source| {
+            // A full disk is the output's problem, not the member's.
+            if source.kind() == io::ErrorKind::StorageFull {
+                PackError::Io(crate::paths::at("failed to write", out)(source))
+            } else {
+                PackError::Write {
+                    member: m.path.clone(),
+                    source,
+                }
+            }
         })?;
     }
     // End of archive: two zero blocks.
@@ -97,6 +110,18 @@ fn write_tar_stream(
     buffered
         .into_inner()
         .map_err(|e| PackError::io(path)(e.into_error()))
+}
+
+/// Where an output goes: its path, whether `--force` was given, and the inputs of the run
+/// (which `--force` never replaces).
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The output.
+    pub path: &'a Path,
+    /// Whether what is there may be replaced: `--force`, or an output envpack wrote.
+    pub force: bool,
+    /// The environment file, the packed prefix, the models, the current folder.
+    pub inputs: &'a [PathBuf],
 }
 
 /// The folder of `out` and the name prefix of its hidden `.<name>.XXXX.partial` temporary:
@@ -336,8 +361,13 @@ fn mode(executable: bool) -> u32 {
 /// Writes the plan as a folder (Triton's folder form), through a temporary folder beside
 /// `out`. Files are always copied, never linked: relocating the folder later must not
 /// touch the package cache.
-pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Result<u64, PackError> {
+pub fn write_dir(
+    plan: &PackPlan,
+    dest: &Destination<'_>,
+    reporter: &SharedReporter,
+) -> Result<u64, PackError> {
     use std::os::unix::fs::PermissionsExt;
+    let out = dest.path;
     let (tmp, _interrupt) = temp_dir_beside(out)?;
     let mut total = 0u64;
     for m in &plan.members {
@@ -383,10 +413,10 @@ pub fn write_dir(plan: &PackPlan, out: &Path, reporter: &SharedReporter) -> Resu
         }
     }
     let kept: PathBuf = tmp.keep();
-    if out.exists() {
-        fs_err::remove_dir_all(out)?;
+    if let Err(e) = super::publish::publish(&kept, out, dest.force, dest.inputs) {
+        let _ = fs_err::remove_dir_all(&kept);
+        return Err(e);
     }
-    fs_err::rename(&kept, out)?;
     Ok(total)
 }
 

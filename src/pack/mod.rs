@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod compress;
 pub mod direct;
+pub mod publish;
 pub mod relocate;
 pub mod scripts;
 pub mod walk;
@@ -69,6 +70,20 @@ pub enum PackError {
     NoOutputFolder {
         /// The folder.
         dir: PathBuf,
+    },
+    /// The environment's name cannot name the default output.
+    #[error("the environment's name {name:?} cannot name the output: it is not a plain file name")]
+    UnsafeName {
+        /// `name:` as written.
+        name: String,
+    },
+    /// `--force` cannot replace what is at the output path.
+    #[error("{} cannot be replaced: {reason}", path.display())]
+    NotReplaceable {
+        /// The output.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The output exists and `--force` was not given.
     #[error("{} already exists", path.display())]
@@ -828,6 +843,22 @@ fn decide(
             room: placeholder.as_ref().map_or(0, String::len).max(from.len()),
         }),
         _ if scan.utf8 => Some(Mode::Text),
+        // Only C strings in ELF files are known to be safe to rewrite: a pickle, a zip or
+        // bytecode would be corrupted. Those are packed unchanged, and reported.
+        _ if !is_elf(&source)? => {
+            warning = Some(Notice::warning(format!(
+                "{path}: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged, it still names {}",
+                String::from_utf8_lossy(from)
+            )));
+            None
+        }
+        _ if to.len() > from.len() => {
+            warning = Some(Notice::warning(format!(
+                "{path}: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged, it still names {}",
+                String::from_utf8_lossy(from)
+            )));
+            None
+        }
         _ => {
             warning = Some(Notice::warning(format!(
                 "{path}: a binary file not installed by conda holds the build prefix; it can only be relocated to paths of at most {} characters",
@@ -945,6 +976,15 @@ fn archive_size(
     }
 }
 
+/// Whether `path` starts with the ELF magic.
+fn is_elf(path: &Path) -> Result<bool, PackError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = fs_err::File::open(path)?;
+    let n = f.read(&mut magic)?;
+    Ok(n == 4 && magic == *b"\x7fELF")
+}
+
 struct Counter(u64);
 
 impl std::io::Write for Counter {
@@ -1000,7 +1040,7 @@ fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<N
 /// Writes the plan. Returns the output's size in bytes.
 pub fn execute(
     plan: &PackPlan,
-    output: &Path,
+    output: &archive::Destination<'_>,
     pool: Arc<rayon::ThreadPool>,
     reporter: &SharedReporter,
 ) -> Result<u64, PackError> {

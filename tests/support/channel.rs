@@ -53,6 +53,8 @@ pub struct Package {
     pub entry_points: Vec<String>,
     pub files: Vec<PkgFile>,
     pub tar_bz2: bool,
+    /// Extra `info/paths.json` entries, written as given (hostile packages).
+    pub raw_entries: Vec<Value>,
 }
 
 impl Package {
@@ -66,6 +68,7 @@ impl Package {
             entry_points: Vec::new(),
             files: Vec::new(),
             tar_bz2: false,
+            raw_entries: Vec::new(),
         }
     }
     pub fn depends(mut self, d: &str) -> Self {
@@ -125,6 +128,11 @@ impl Package {
         self.entry_points = entry_points.iter().map(ToString::to_string).collect();
         self
     }
+    /// An `info/paths.json` entry written as given, whatever it says (no file behind it).
+    pub fn raw_entry(mut self, entry: Value) -> Self {
+        self.raw_entries.push(entry);
+        self
+    }
     pub fn tar_bz2(mut self) -> Self {
         self.tar_bz2 = true;
         self
@@ -181,6 +189,7 @@ impl Package {
             }
             paths.push(p);
         }
+        entries.extend(self.raw_entries.iter().cloned());
         let mut index = json!({
             "name": self.name, "version": self.version, "build": self.build, "build_number": 0,
             "depends": self.depends, "subdir": self.subdir(), "license": "BSD-3-Clause",

@@ -4,7 +4,6 @@
 //! pixi and rattler users share it) and copies files into the prefix, replacing placeholders.
 //! Hard links are off: the prefix is rewritten later, and the cache must never change.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -15,6 +14,117 @@ use rattler_conda_types::{PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::lock::LockedPip;
 use crate::report::{Notice, SharedReporter, Stage};
+
+mod safety;
+
+/// How many packages are downloaded at once.
+const DOWNLOADS: usize = 16;
+
+/// Fetches every package into the cache (downloads at most [`DOWNLOADS`] at once), reporting
+/// bytes; returns `(name-version-build, extracted folder)` of each.
+async fn fetch_all(
+    cache: &PackageCache,
+    records: &[RepoDataRecord],
+    client: &rattler_networking::LazyClient,
+    reporter: &SharedReporter,
+) -> Result<Vec<(String, PathBuf)>, InstallError> {
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(DOWNLOADS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, record) in records.iter().enumerate() {
+        let cache = cache.clone();
+        let record = record.clone();
+        let client = client.clone();
+        let semaphore = semaphore.clone();
+        let progress = std::sync::Arc::new(FetchProgress {
+            reporter: reporter.clone(),
+            size: record.package_record.size.unwrap_or(0),
+            done: Mutex::new(0),
+        });
+        tasks.spawn(async move {
+            let name = record.identifier.to_string();
+            let bridge: std::sync::Arc<dyn rattler_cache::package_cache::CacheReporter> =
+                progress.clone();
+            let fetched = if record.url.scheme() == "file" {
+                match record.url.to_file_path() {
+                    Ok(path) => {
+                        cache
+                            .get_or_fetch_from_path(
+                                &path,
+                                Some(&record.package_record),
+                                Some(bridge),
+                            )
+                            .await
+                    }
+                    Err(()) => {
+                        return Err(InstallError::Io(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("{} is not a file path", record.url),
+                        )));
+                    }
+                }
+            } else {
+                cache
+                    .get_or_fetch_from_url_with_retry(
+                        &record.package_record,
+                        record.url.clone(),
+                        client,
+                        rattler_networking::retry_policies::default_retry_policy(),
+                        Some(bridge),
+                        Some(semaphore),
+                    )
+                    .await
+            };
+            let meta = fetched.map_err(|source| InstallError::Fetch {
+                package: name.clone(),
+                source,
+            })?;
+            progress.finish();
+            Ok((i, name, meta.path().to_path_buf()))
+        });
+    }
+    let mut out = vec![None; records.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (i, name, path) = joined.map_err(|e| InstallError::Io(std::io::Error::other(e)))??;
+        out[i] = Some((name, path));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Byte progress of one package's fetch: download progress, then the rest of its size once
+/// it is in the cache (downloaded or found there).
+struct FetchProgress {
+    reporter: SharedReporter,
+    size: u64,
+    done: Mutex<u64>,
+}
+
+impl FetchProgress {
+    fn advance(&self, to: u64) {
+        let mut done = self.done.lock().expect("progress lock");
+        let to = to.min(self.size);
+        if to > *done {
+            self.reporter.on_progress(Stage::Install, to - *done);
+            *done = to;
+        }
+    }
+    fn finish(&self) {
+        self.advance(self.size);
+    }
+}
+
+impl rattler_cache::package_cache::CacheReporter for FetchProgress {
+    fn on_validate_start(&self) -> usize {
+        0
+    }
+    fn on_validate_complete(&self, _index: usize) {}
+    fn on_download_start(&self) -> usize {
+        0
+    }
+    fn on_download_progress(&self, _index: usize, progress: u64, _total: Option<u64>) {
+        self.advance(progress);
+    }
+    fn on_download_completed(&self, _index: usize) {}
+}
 
 /// Errors of installing.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +180,36 @@ pub enum InstallError {
         /// Why.
         reason: String,
     },
+    /// A package could not be downloaded or extracted into the package cache.
+    #[error("cannot fetch {package}")]
+    Fetch {
+        /// `name-version-build` of the package.
+        package: String,
+        /// The cache's error.
+        #[source]
+        source: rattler_cache::package_cache::PackageCacheError,
+    },
+    /// A package would write outside the environment: refused before anything is written.
+    #[error("the package {package} is unsafe: {path:?} {reason}")]
+    UnsafePath {
+        /// `name-version-build` of the package.
+        package: String,
+        /// The path as the package lists it (`info/paths.json` or `info/files`).
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A package's list of files cannot be read.
+    #[error("the package {package} has an unreadable {file}")]
+    BadPathsFile {
+        /// `name-version-build` of the package.
+        package: String,
+        /// `info/paths.json`.
+        file: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// An I/O error; it names its path (`fs_err`, `tempfile`, or [`crate::paths::at`]).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -94,10 +234,13 @@ pub async fn install_conda(
         .sum();
     reporter.on_stage_start(Stage::Install, Some(total));
     reporter.on_stage_start(Stage::Link, Some(records.len() as u64));
+    let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
+    // Channels are not trusted: every package is fetched into the cache and its paths are
+    // checked before the installer writes (or removes) anything.
+    let folders = fetch_all(&cache, &records, &client, &reporter).await?;
+    safety::check_packages(&folders)?;
     let installer = Installer::new()
-        .with_package_cache(PackageCache::new(
-            cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR),
-        ))
+        .with_package_cache(cache)
         .with_download_client(client)
         .with_target_platform(platform)
         .with_execute_link_scripts(false)
@@ -202,76 +345,33 @@ pub async fn fetch_packages(
     Ok((dirs, lock))
 }
 
-/// Forwards rattler's installer events as byte progress: a package counts with its archive
-/// size once it is in the cache (downloaded or found there).
+/// Forwards rattler's installer events as link progress (bytes were counted while fetching).
 struct InstallProgress {
     reporter: SharedReporter,
-    state: Mutex<ProgressState>,
-}
-
-#[derive(Default)]
-struct ProgressState {
-    /// cache entry → (package size, bytes reported so far)
-    entries: HashMap<usize, (u64, u64)>,
-    /// download index → cache entry
-    downloads: HashMap<usize, usize>,
-    next: usize,
 }
 
 impl InstallProgress {
     fn new(reporter: SharedReporter) -> Self {
-        Self {
-            reporter,
-            state: Mutex::new(ProgressState::default()),
-        }
+        Self { reporter }
     }
 }
 
 impl rattler::install::Reporter for InstallProgress {
     fn on_transaction_start(&self, _t: &Transaction<PrefixRecord, RepoDataRecord>) {}
     fn on_transaction_operation_start(&self, _operation: usize) {}
-    fn on_populate_cache_start(&self, _operation: usize, record: &RepoDataRecord) -> usize {
-        let mut s = self.state.lock().expect("progress lock");
-        let idx = s.next;
-        s.next += 1;
-        s.entries
-            .insert(idx, (record.package_record.size.unwrap_or(0), 0));
-        idx
+    fn on_populate_cache_start(&self, operation: usize, _record: &RepoDataRecord) -> usize {
+        operation
     }
     fn on_validate_start(&self, cache_entry: usize) -> usize {
         cache_entry
     }
     fn on_validate_complete(&self, _validate_idx: usize) {}
     fn on_download_start(&self, cache_entry: usize) -> usize {
-        let mut s = self.state.lock().expect("progress lock");
-        s.downloads.insert(cache_entry, cache_entry);
         cache_entry
     }
-    fn on_download_progress(&self, download_idx: usize, progress: u64, _total: Option<u64>) {
-        let mut s = self.state.lock().expect("progress lock");
-        let entry = s
-            .downloads
-            .get(&download_idx)
-            .copied()
-            .unwrap_or(download_idx);
-        if let Some((size, done)) = s.entries.get_mut(&entry) {
-            let now = progress.min(*size);
-            if now > *done {
-                self.reporter.on_progress(Stage::Install, now - *done);
-                *done = now;
-            }
-        }
-    }
+    fn on_download_progress(&self, _download_idx: usize, _progress: u64, _total: Option<u64>) {}
     fn on_download_completed(&self, _download_idx: usize) {}
-    fn on_populate_cache_complete(&self, cache_entry: usize) {
-        let mut s = self.state.lock().expect("progress lock");
-        if let Some((size, done)) = s.entries.get_mut(&cache_entry)
-            && *size > *done
-        {
-            self.reporter.on_progress(Stage::Install, *size - *done);
-            *done = *size;
-        }
-    }
+    fn on_populate_cache_complete(&self, _cache_entry: usize) {}
     fn on_unlink_start(&self, _operation: usize, _record: &PrefixRecord) -> usize {
         0
     }

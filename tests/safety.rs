@@ -1,0 +1,626 @@
+//! Hostile packages, clumsy outputs, interrupts and full disks, through the real binary: each
+//! test asserts the message, that nothing outside the output was touched, and that no
+//! temporary is left behind.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::json;
+use support::channel::{Channel, Package};
+use support::{envpack, run_err, run_ok};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every path below `dir` (folders included), relative, sorted.
+fn snapshot(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(rel);
+        }
+    }
+    out
+}
+
+/// A test folder: `channel/` with a fake python and the given packages, `work/` for staging,
+/// `proj/` holding `environment.yml`.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(packages: Vec<Package>, deps: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ch = Channel::new(&dir.path().join("channel"));
+        for p in packages {
+            ch.add(p);
+        }
+        ch.write();
+        let proj = dir.path().join("proj");
+        std::fs::create_dir_all(&proj).unwrap();
+        std::fs::create_dir_all(dir.path().join("work")).unwrap();
+        let s = Self { dir };
+        s.env("env", deps);
+        s
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn proj(&self) -> PathBuf {
+        self.path().join("proj")
+    }
+    fn work(&self) -> PathBuf {
+        self.path().join("work")
+    }
+    fn env(&self, name: &str, deps: &[&str]) -> PathBuf {
+        let body: String = deps.iter().map(|d| format!("  - {d}\n")).collect();
+        let f = self.proj().join("environment.yml");
+        std::fs::write(
+            &f,
+            format!(
+                "name: {name}\nchannels: [{}]\ndependencies:\n{body}",
+                format_args!("file://{}", self.path().join("channel").display())
+            ),
+        )
+        .unwrap();
+        f
+    }
+    /// `envpack pack environment.yml` run in `proj/`, staging in `work/`.
+    fn pack(&self, extra: &[&str]) -> Command {
+        self.pack_in(&self.work(), extra)
+    }
+    /// The same with staging in `work`.
+    fn pack_in(&self, work: &Path, extra: &[&str]) -> Command {
+        let mut c = envpack();
+        c.current_dir(self.proj())
+            .arg("pack")
+            .arg("environment.yml")
+            .arg("--no-progress")
+            .arg("--work-dir")
+            .arg(work)
+            .args(extra);
+        c
+    }
+    /// Nothing left in `work/`.
+    fn assert_no_staging(&self) {
+        let left = snapshot(&self.work());
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+}
+
+fn small_package(name: &str) -> Package {
+    Package::new(name, "1.0").file(&format!("share/{name}/data.txt"), "data\n")
+}
+
+// ---------------------------------------------------------------- item 1: hostile packages
+
+#[test]
+fn a_package_path_leaving_the_prefix_is_refused_before_anything_is_written() {
+    let hostile = Package::new("hostile-dotdot", "1.0")
+        .file("share/ok.txt", "ok\n")
+        .raw_entry(
+            json!({"_path": "../../../victim.txt", "path_type": "hardlink",
+            "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+            "size_in_bytes": 3}),
+        );
+    let s = Setup::new(vec![hostile], &["hostile-dotdot"]);
+    // The staging prefix is work/envpack-XXXX/env: `../../../victim.txt` is this file.
+    let victim = s.path().join("victim.txt");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let before = snapshot(s.path());
+    let out = run_err(&mut s.pack(&[]));
+    let err = stderr(&out);
+    assert!(
+        err.contains("hostile-dotdot-1.0-0") && err.contains("../../../victim.txt"),
+        "{err}"
+    );
+    assert!(err.contains("leaves the environment"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    s.assert_no_staging();
+    assert_eq!(snapshot(s.path()), before, "something was written");
+}
+
+#[test]
+fn an_absolute_package_path_is_refused_without_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("abs-victim");
+    let hostile = Package::new("hostile-abs", "1.0")
+        .file("share/ok.txt", "ok\n")
+        .raw_entry(
+            json!({"_path": target.display().to_string(), "path_type": "hardlink",
+            "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+            "size_in_bytes": 3}),
+        );
+    let s = Setup::new(vec![hostile], &["hostile-abs"]);
+    let before = snapshot(s.path());
+    let out = run_err(&mut s.pack(&[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hostile-abs-1.0-0") && err.contains("is absolute"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!target.exists());
+    s.assert_no_staging();
+    assert_eq!(snapshot(s.path()), before);
+}
+
+#[test]
+fn symlinks_out_of_the_prefix_and_files_written_through_them_are_refused() {
+    // A symlink to the prefix's parent, then another package's file below it.
+    let link = Package::new("hostile-link", "1.0").symlink("share/up", "../../..");
+    let s = Setup::new(vec![link], &["hostile-link"]);
+    let before = snapshot(s.path());
+    let err = stderr(&run_err(&mut s.pack(&[])));
+    assert!(
+        err.contains("hostile-link-1.0-0")
+            && err.contains("share/up")
+            && err.contains("outside the environment"),
+        "{err}"
+    );
+    s.assert_no_staging();
+    assert_eq!(snapshot(s.path()), before);
+
+    // Each link alone stays inside; followed one after the other they leave it.
+    let a = Package::new("chain-a", "1.0").symlink("deep/er", ".");
+    let b = Package::new("chain-b", "1.0")
+        .file("keep.txt", "k\n")
+        .raw_entry(
+            json!({"_path": "deep/er/../../escaped.txt", "path_type": "hardlink",
+            "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+            "size_in_bytes": 1}),
+        );
+    let s = Setup::new(vec![a, b], &["chain-a", "chain-b"]);
+    let err = stderr(&run_err(&mut s.pack(&[])));
+    assert!(err.contains("chain-b-1.0-0"), "{err}");
+    s.assert_no_staging();
+}
+
+// ------------------------------------------------- items 2, 3, 13: what --force may replace
+
+fn packed_dir(s: &Setup, out: &Path) {
+    run_ok(s.pack(&["--format", "dir", "-o"]).arg(out));
+    assert!(out.join("conda-meta").is_dir());
+}
+
+#[test]
+fn force_never_deletes_a_folder_holding_the_input_or_foreign_files() {
+    let s = Setup::new(vec![small_package("plain")], &["plain"]);
+    std::fs::write(s.proj().join("notes.txt"), "mine\n").unwrap();
+    let before = snapshot(s.path());
+    // The folder holding the environment file (and the current folder).
+    for target in [".", "..", s.proj().to_str().unwrap()] {
+        let out = run_err(&mut s.pack(&["--format", "dir", "--force", "-o", target]));
+        let err = stderr(&out);
+        assert!(err.contains("cannot be replaced"), "{target}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{err}");
+    }
+    // A folder envpack did not write, refused before solving (the channel is not read).
+    let foreign = s.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("sub")).unwrap();
+    std::fs::write(foreign.join("sub/file"), "theirs").unwrap();
+    let before_foreign = snapshot(s.path());
+    std::fs::rename(s.path().join("channel"), s.path().join("channel.away")).unwrap();
+    for extra in [&["--force"][..], &[][..]] {
+        let out = run_err(
+            s.pack(extra)
+                .arg("--format")
+                .arg("dir")
+                .arg("-o")
+                .arg(&foreign),
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("cannot be replaced: it is a folder envpack did not write"),
+            "{err}"
+        );
+        assert!(!err.contains("channel"), "solved first: {err}");
+    }
+    std::fs::rename(s.path().join("channel.away"), s.path().join("channel")).unwrap();
+    assert_eq!(snapshot(s.path()), before_foreign);
+    s.assert_no_staging();
+    let _ = before;
+
+    // The prefix given with -p, even though envpack wrote it.
+    let prefix = s.path().join("envdir");
+    packed_dir(&s, &prefix);
+    let prefix_before = snapshot(&prefix);
+    let out = run_err(
+        envpack()
+            .current_dir(s.path())
+            .args(["pack", "--no-progress", "--format", "dir", "--force", "-p"])
+            .arg(&prefix)
+            .arg("-o")
+            .arg(&prefix),
+    );
+    assert!(stderr(&out).contains("it holds"), "{}", stderr(&out));
+    assert_eq!(snapshot(&prefix), prefix_before);
+}
+
+#[test]
+fn force_replaces_a_file_or_an_output_envpack_made_and_leaves_no_temporary() {
+    let s = Setup::new(vec![small_package("plain2")], &["plain2"]);
+    let out_dir = s.path().join("out");
+    packed_dir(&s, &out_dir);
+    std::fs::write(out_dir.join("marker"), "old").unwrap();
+    // Without --force: refused, before solving.
+    let err = stderr(&run_err(s.pack(&["--format", "dir", "-o"]).arg(&out_dir)));
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    run_ok(s.pack(&["--format", "dir", "--force", "-o"]).arg(&out_dir));
+    assert!(
+        !out_dir.join("marker").exists(),
+        "the old output was not replaced"
+    );
+    assert!(out_dir.join("share/plain2/data.txt").is_file());
+    // A folder output replaced by a tarball, and a file by a tarball.
+    let tar = s.path().join("out.tar.gz");
+    std::fs::write(&tar, "old file").unwrap();
+    run_ok(s.pack(&["--force", "-o"]).arg(&tar));
+    assert!(std::fs::read(&tar).unwrap().starts_with(&[0x1f, 0x8b]));
+    let names: Vec<String> = snapshot(s.path())
+        .into_iter()
+        .filter(|n| n.contains(".partial") || n.ends_with(".old"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    s.assert_no_staging();
+}
+
+#[test]
+fn force_never_replaces_fifos_or_devices() {
+    let s = Setup::new(vec![small_package("plain3")], &["plain3"]);
+    let fifo = s.path().join("fifo.tar.gz");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let err = stderr(&run_err(s.pack(&["--force", "-o"]).arg(&fifo)));
+    assert!(err.contains("cannot be replaced: it is a FIFO"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A character device (a copy of /dev/null's numbers), where mknod is allowed.
+    let dev = s.path().join("null.tar.gz");
+    if Command::new("mknod")
+        .arg(&dev)
+        .args(["c", "1", "3"])
+        .status()
+        .is_ok_and(|st| st.success())
+    {
+        let err = stderr(&run_err(s.pack(&["--force", "-o"]).arg(&dev)));
+        assert!(err.contains("cannot be replaced: it is a device"), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&dev)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    } else {
+        eprintln!("mknod not permitted: the device case is covered by the FIFO case only");
+    }
+    s.assert_no_staging();
+}
+
+// ------------------------------------------------------------- item 4: names and --arcroot
+
+#[test]
+fn environment_names_and_arcroots_that_escape_are_refused() {
+    let s = Setup::new(vec![small_package("plain4")], &["plain4"]);
+    let before = snapshot(s.path());
+    for name in ["../escaped", "/abs/x", "\"a\\nb\"", "..", "sub/dir"] {
+        s.env(name, &["plain4"]);
+        let out = run_err(&mut s.pack(&[]));
+        let err = stderr(&out);
+        assert!(err.contains("cannot name the output"), "{name}: {err}");
+        assert_eq!(out.status.code(), Some(2));
+    }
+    s.env("env", &["plain4"]);
+    for arcroot in ["../../evil", "/abs", "a/../../b", "./x"] {
+        let out = run_err(&mut s.pack(&["-o", "x.tar", "--arcroot", arcroot]));
+        let err = stderr(&out);
+        assert!(err.contains("--arcroot"), "{arcroot}: {err}");
+        assert_eq!(out.status.code(), Some(2));
+    }
+    let after: BTreeSet<String> = snapshot(s.path())
+        .into_iter()
+        .filter(|p| p != "proj/environment.yml")
+        .collect();
+    let before: BTreeSet<String> = before
+        .into_iter()
+        .filter(|p| p != "proj/environment.yml")
+        .collect();
+    assert_eq!(after, before);
+    assert!(!s.path().join("escaped.tar.gz").exists());
+    s.assert_no_staging();
+}
+
+// ------------------------------------------------------------ item 9: no-replace publish
+
+/// A `.tar.bz2` package served from a FIFO: the run blocks reading it until `feed` writes
+/// its bytes. Returns the FIFO's path and the bytes.
+fn blocking_package(s: &Setup, name: &str) -> (PathBuf, Vec<u8>) {
+    let pkg = small_package(name).tar_bz2();
+    let file = s.path().join("channel/linux-64").join(pkg.file_name());
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    run_ok(Command::new("mkfifo").arg(&file));
+    (file, bytes)
+}
+
+/// Writes the package's bytes into the FIFO once the run opens it; returns without writing
+/// if the run ends first.
+fn feed(fifo: &Path, bytes: &[u8], child: &mut std::process::Child) {
+    use std::io::Write;
+    let Some(mut f) = wait_for_reader(fifo, child) else {
+        return;
+    };
+    // The writer end is non-blocking: retry while the pipe is full.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match f.write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Waits until the run opens the FIFO (it is past its checks and fetching); `false` if the
+/// run ended first.
+fn wait_for_reader(fifo: &Path, child: &mut std::process::Child) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    loop {
+        // O_NONBLOCK: fails (ENXIO) while nobody reads, instead of blocking.
+        let probe = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000)
+            .open(fifo);
+        if let Ok(f) = probe {
+            return Some(f);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn blocking_setup(name: &str) -> (Setup, PathBuf, Vec<u8>) {
+    let s = Setup::new(vec![small_package(name).tar_bz2()], &[name]);
+    let (fifo, bytes) = blocking_package(&s, name);
+    (s, fifo, bytes)
+}
+
+#[test]
+fn an_output_created_while_envpack_runs_is_never_overwritten() {
+    let (s, fifo, bytes) = blocking_setup("slow9");
+    let cache = s.path().join("cache");
+    let out = s.path().join("out.tar.gz");
+    let mut child = s
+        .pack(&["-o"])
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run has checked that the output is free and now waits for the package; another
+    // process writes the output meanwhile.
+    let writer = wait_for_reader(&fifo, &mut child).expect("the run ended early");
+    std::fs::write(&out, "written by someone else").unwrap();
+    feed(&fifo, &bytes, &mut child);
+    drop(writer);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} already exists", out.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "written by someone else"
+    );
+    let partials: Vec<String> = snapshot(s.path())
+        .into_iter()
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(partials.is_empty(), "{partials:?}");
+    s.assert_no_staging();
+}
+
+#[test]
+fn two_concurrent_runs_to_one_output_one_wins_the_other_fails_cleanly() {
+    let s = Setup::new(vec![small_package("both9")], &["both9"]);
+    let out = s.path().join("same.tar.gz");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            s.pack(&["-o"])
+                .arg(&out)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let ok = outputs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "exactly one run writes the output");
+    for o in outputs.iter().filter(|o| !o.status.success()) {
+        assert!(stderr(o).contains("already exists"), "{}", stderr(o));
+    }
+    assert!(std::fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
+    s.assert_no_staging();
+}
+
+// ------------------------------------------------------------ item 8: signals and litter
+
+fn signal(child: &std::process::Child, sig: &str) {
+    run_ok(
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string()),
+    );
+}
+
+/// Waits until a run's staging folder in `work` is registered (its in-use mark is written
+/// after), without a timed assertion.
+fn wait_for_marker(work: &Path) {
+    while !snapshot(work)
+        .iter()
+        .any(|p| p.ends_with("/.envpack-in-use"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn interrupts_at_any_point_leave_no_staging_and_no_partial() {
+    for (sig, fmt) in [("INT", "tar.gz"), ("TERM", "dir"), ("HUP", "tar.zst")] {
+        // While the package is being fetched (the staging folder exists).
+        let (s, _fifo, _bytes) = blocking_setup(&format!("sig-{}", sig.to_lowercase()));
+        let out = s.path().join("out");
+        let mut child = s
+            .pack(&["--format", fmt, "-o"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(s.path().join("cache"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_marker(&s.work());
+        signal(&child, sig);
+        let o = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!o.success());
+        assert!(
+            err.contains("interrupted: temporary files removed"),
+            "{err}"
+        );
+        s.assert_no_staging();
+        assert!(!out.exists());
+        let partials: Vec<String> = snapshot(s.path())
+            .into_iter()
+            .filter(|n| n.contains(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "{sig}: {partials:?}");
+    }
+}
+
+#[test]
+fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
+    let (s, fifo, bytes) = blocking_setup("killed");
+    let cache = s.path().join("cache");
+    let mut child = s
+        .pack(&["-o", "a.tar.gz", "--cache-dir"])
+        .arg(&cache)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_marker(&s.work());
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    let stale = snapshot(&s.work());
+    assert!(!stale.is_empty(), "kill -9 left nothing to sweep");
+    // A living run holds its staging folder: a second run must not sweep it.
+    let mut living = s
+        .pack(&["-o", "b.tar.gz", "--cache-dir"])
+        .arg(&cache)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The living run swept the stale folder and made its own (blocked on the FIFO).
+    loop {
+        let now = snapshot(&s.work());
+        let tops: Vec<&String> = now.iter().filter(|p| !p.contains('/')).collect();
+        if tops.len() == 1 && !stale.contains(tops[0]) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A third run (another output, no FIFO involved) does not touch the living one's folder.
+    let other = Setup::new(vec![small_package("other")], &["other"]);
+    run_ok(
+        other
+            .pack_in(&s.work(), &["-o"])
+            .arg(other.path().join("o.tar.gz")),
+    );
+    assert_eq!(
+        snapshot(&s.work())
+            .iter()
+            .filter(|p| !p.contains('/'))
+            .count(),
+        1,
+        "the living run's staging folder was swept"
+    );
+    feed(&fifo, &bytes, &mut living);
+    let o = living.wait().unwrap();
+    assert!(o.success());
+    assert!(s.proj().join("b.tar.gz").is_file());
+    s.assert_no_staging();
+}
+
+#[test]
+fn a_full_disk_leaves_no_staging_and_names_the_output() {
+    let s = Setup::new(
+        vec![Package::new("big", "1.0").file("share/big.bin", vec![7u8; 3 << 20])],
+        &["big"],
+    );
+    let small = s.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|st| st.success());
+    assert!(
+        mounted,
+        "this test needs to mount a 2 MB tmpfs (run the tests as root, as CI does)"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    // Staging on the full disk.
+    let err = stderr(&run_err(&mut s.pack_in(&small, &["-o", "x.tar"])));
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    assert!(snapshot(&small).is_empty(), "{:?}", snapshot(&small));
+    // The output on the full disk: the error names it, no partial is left.
+    let out = small.join("out.tar");
+    let err = stderr(&run_err(s.pack(&["-o"]).arg(&out)));
+    assert!(err.contains(&out.display().to_string()), "{err}");
+    assert!(snapshot(&small).is_empty(), "{:?}", snapshot(&small));
+    s.assert_no_staging();
+}
