@@ -471,7 +471,12 @@ mod tests {
         )
         .unwrap();
         let out = d.path().join("out.tar");
-        let size = write_tar(&plan, &out, Compression::None, Arc::new(pool), &reporter).unwrap();
+        let dest = Destination {
+            path: &out,
+            force: false,
+            inputs: &[],
+        };
+        let size = write_tar(&plan, &dest, Compression::None, Arc::new(pool), &reporter).unwrap();
         assert_eq!(size, tar_size(&plan));
         assert_eq!(size % 512, 0);
     }
