@@ -348,6 +348,7 @@ fn quiet(settings: &Settings, reporter: &SharedReporter, n: usize) -> SharedRepo
 }
 
 /// Packs every model: see the module documentation.
+#[allow(clippy::too_many_lines)]
 pub fn pack_models(
     p: &Pipeline,
     root: &Path,

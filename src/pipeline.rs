@@ -240,13 +240,6 @@ impl Solved {
         }
         .with_notices(self.env.warnings.iter().cloned().map(Notice::warning))
     }
-}
-
-impl Summary {
-    fn with_notices(mut self, notices: impl Iterator<Item = Notice>) -> Self {
-        self.notices.extend(notices);
-        self
-    }
 
     /// The digest of the output this environment packs to with `options`: its identity, the
     /// options that change bytes, the platform and envpack's version.
@@ -286,6 +279,13 @@ impl Summary {
             schema: manifest::SCHEMA,
             source: "environment".into(),
         }
+    }
+}
+
+impl Summary {
+    fn with_notices(mut self, notices: impl Iterator<Item = Notice>) -> Self {
+        self.notices.extend(notices);
+        self
     }
 }
 
@@ -696,13 +696,12 @@ impl<'a> Pipeline<'a> {
         for w in &env.warnings {
             reporter.on_notice(&Notice::warning(w.clone()));
         }
-        let output = match output {
-            Some(o) => o,
-            None => {
-                let name = env.name.as_deref().unwrap_or("environment");
-                check_name(name)?;
-                default_output(self.settings, name)
-            }
+        let output = if let Some(o) = output {
+            o
+        } else {
+            let name = env.name.as_deref().unwrap_or("environment");
+            check_name(name)?;
+            default_output(self.settings, name)
         };
         let existing = check_output(self.settings, &output)?;
         let solved = self.solve(env, reporter)?;

@@ -172,6 +172,7 @@ pub struct Solution {
 }
 
 /// Fetches repodata and solves.
+#[allow(clippy::too_many_lines)]
 pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
     let base = request.spec.base_dir();
     let mut channels: Vec<ResolvedChannel> = Vec::new();
@@ -227,7 +228,7 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
                 .map(|n| (n.as_normalized().to_string(), Vec::new()))
         })
         .collect();
-    for rd in repodata.iter() {
+    for rd in &repodata {
         for r in rd {
             if let Some(v) = versions.get_mut(r.package_record.name.as_normalized()) {
                 v.push((

@@ -15,6 +15,7 @@
 //! - [`routes`]: straight from the package cache and through a staging prefix, one archive.
 //! - [`lock`]: `envpack lock`, packs that install a lock (or an explicit file) without solving,
 //!   stale locks, `--locked`, `--frozen`.
+//! - [`safety`]: hostile packages, outputs `--force` must not replace, interrupts, full disks.
 //! - [`scripts`]: the scripts every environment carries (`tests/scripts/test_scripts.py`).
 //! - [`inspect`]: `envpack inspect` on a Triton and an MLServer model, `--json`'s fields, every
 //!   format and a folder.
@@ -42,5 +43,6 @@ mod lock;
 mod models;
 mod pipeline;
 mod routes;
+mod safety;
 mod scripts;
 mod unpack;

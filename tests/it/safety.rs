@@ -2,16 +2,14 @@
 //! test asserts the message, that nothing outside the output was touched, and that no
 //! temporary is left behind.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::support::channel::{Channel, Package};
+use crate::support::{envpack, run_err, run_ok};
 use serde_json::json;
-use support::channel::{Channel, Package};
-use support::{envpack, run_err, run_ok};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -68,7 +66,7 @@ impl Setup {
         self.path().join("work")
     }
     fn env(&self, name: &str, deps: &[&str]) -> PathBuf {
-        let body: String = deps.iter().map(|d| format!("  - {d}\n")).collect();
+        let body: String = deps.iter().flat_map(|d| ["  - ", d, "\n"]).collect();
         let f = self.proj().join("environment.yml");
         std::fs::write(
             &f,
@@ -588,6 +586,12 @@ fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
 
 #[test]
 fn a_full_disk_leaves_no_staging_and_names_the_output() {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
     let s = Setup::new(
         vec![Package::new("big", "1.0").file("share/big.bin", vec![7u8; 3 << 20])],
         &["big"],
@@ -603,12 +607,6 @@ fn a_full_disk_leaves_no_staging_and_names_the_output() {
         mounted,
         "this test needs to mount a 2 MB tmpfs (run the tests as root, as CI does)"
     );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let _unmount = Unmount(small.clone());
     // Staging on the full disk.
     let err = stderr(&run_err(&mut s.pack_in(&small, &["-o", "x.tar"])));
