@@ -837,9 +837,13 @@ impl<'a> Pipeline<'a> {
         reporter: &SharedReporter,
     ) -> Result<u64, Error> {
         let inputs = self.settings.inputs();
-        // An output envpack wrote (it carries a manifest) is replaced without `--force`, as
-        // `check_output` allowed; what `--force` may never replace is still refused.
-        let ours = manifest::read(output).is_ok_and(|m| m.is_some());
+        // An output envpack wrote (it carried a manifest when `check_output` looked, before
+        // any work) is replaced without `--force`; what `--force` may never replace is still
+        // refused. Anything that appeared there since (a concurrent run's output) is not.
+        let ours = REPLACEABLE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(output);
         let dest = pack::archive::Destination {
             path: output,
             force: self.settings.force || ours,
@@ -918,6 +922,10 @@ fn staging_prefix_len(settings: &Settings) -> Option<usize> {
     (!prefix.contains(' ')).then_some(prefix.len())
 }
 
+/// The outputs `check_output` found written by envpack: publishing may replace them.
+static REPLACEABLE: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Checks, before any work, that `output` may be written: it does not exist, or envpack wrote
 /// it (it carries a manifest, returned: the output is up to date when the digest matches,
 /// else it is replaced), or `--force`. With `--force` the manifest is not read: everything is
@@ -956,6 +964,12 @@ pub fn check_output(settings: &Settings, output: &Path) -> Result<Option<Manifes
             dir: parent.to_path_buf(),
         }
         .into());
+    }
+    if existing.is_some() {
+        REPLACEABLE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(output.to_path_buf());
     }
     Ok(existing)
 }
