@@ -812,6 +812,7 @@ enum Content {
 /// `placeholder`, when given, is what the file holds in place of `from` (a file read straight
 /// from the package cache holds its package's placeholder, not the staging prefix): it is
 /// found and replaced instead, and everything else is decided as for `from`.
+#[allow(clippy::too_many_lines)]
 fn decide(
     facts: FileFacts<'_>,
     content: Content,
@@ -845,7 +846,7 @@ fn decide(
         _ if scan.utf8 => Some(Mode::Text),
         // Only C strings in ELF files are known to be safe to rewrite: a pickle, a zip or
         // bytecode would be corrupted. Those are packed unchanged, and reported.
-        _ if !is_elf(&source)? => {
+        _ if !content_is_elf(&content)? => {
             warning = Some(Notice::warning(format!(
                 "{path}: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged, it still names {}",
                 String::from_utf8_lossy(from)
@@ -973,6 +974,14 @@ fn archive_size(
             let shrunk = occurrences.checked_mul(from.len() as u64)?;
             (base + grown).checked_sub(shrunk)
         }
+    }
+}
+
+/// Whether the file's content starts with the ELF magic.
+fn content_is_elf(content: &Content) -> Result<bool, PackError> {
+    match content {
+        Content::File(path) => is_elf(path),
+        Content::Bytes(bytes) => Ok(bytes.starts_with(b"\x7fELF")),
     }
 }
 
