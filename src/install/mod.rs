@@ -265,7 +265,8 @@ pub async fn install_conda(
 /// Brings `records` into rattler's package cache (downloading and extracting what is not
 /// there yet) as rattler's installer does, without installing them anywhere. Returns each
 /// package's folder in the cache, in the order of `records`, and the cache's global lock,
-/// which keeps the folders in place while it is held.
+/// which keeps the folders in place while it is held. Every package's paths are checked as
+/// [`install_conda`] checks them: an unsafe one is an [`InstallError::UnsafePath`].
 pub async fn fetch_packages(
     records: &[RepoDataRecord],
     cache_dir: &Path,
@@ -336,13 +337,16 @@ pub async fn fetch_packages(
             )
         });
     }
-    let mut dirs = vec![PathBuf::new(); records.len()];
+    let mut fetched = vec![(String::new(), PathBuf::new()); records.len()];
     while let Some(done) = tasks.join_next().await {
-        let (i, _name, dir) = done.map_err(|e| InstallError::Io(std::io::Error::other(e)))?;
-        dirs[i] = dir?;
+        let (i, name, dir) = done.map_err(|e| InstallError::Io(std::io::Error::other(e)))?;
+        fetched[i] = (name, dir?);
     }
+    // The same checks as before an install: the direct route reads every listed path and
+    // symlink from these folders, and packs them as the staged route would have installed them.
+    safety::check_packages(&fetched)?;
     reporter.on_stage_end(Stage::Install);
-    Ok((dirs, lock))
+    Ok((fetched.into_iter().map(|(_, dir)| dir).collect(), lock))
 }
 
 /// Forwards rattler's installer events as link progress (bytes were counted while fetching).

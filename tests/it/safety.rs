@@ -107,6 +107,48 @@ fn small_package(name: &str) -> Package {
 
 // ---------------------------------------------------------------- item 1: hostile packages
 
+/// The two routes to an archive: an environment without `pip:` is packed straight from the
+/// package cache by default; `--via-prefix` installs it into a staging prefix first.
+const ROUTES: [(&str, &[&str]); 2] = [
+    ("package-cache", &[]),
+    ("staging-prefix", &["--via-prefix"]),
+];
+
+/// Packs `s`'s environment on both routes, each expected to be refused: asserts the exit
+/// code, that both routes say the same, that nothing below `s` changed (or `victim`), and
+/// that no staging is left. Returns the message.
+fn refused_on_both_routes(s: &Setup) -> String {
+    let before = snapshot(s.path());
+    let mut messages = Vec::new();
+    for (route, flags) in ROUTES {
+        let out = run_err(&mut s.pack(flags));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{route}: {err}");
+        assert!(!err.contains("panicked"), "{route}: {err}");
+        s.assert_no_staging();
+        assert_eq!(snapshot(s.path()), before, "{route}: something was written");
+        // rattler's cache may warn first (a package of this name with other contents was
+        // cached by an earlier run of the test): envpack's own lines are compared.
+        let own: Vec<&str> = err.lines().filter(|l| !l.contains("WARN")).collect();
+        messages.push(own.join("\n"));
+    }
+    assert_eq!(messages[0], messages[1], "the routes refuse differently");
+    messages.swap_remove(0)
+}
+
+#[test]
+fn the_direct_route_is_the_default_for_these_environments() {
+    // The hostile tests below rely on the default route being the package cache's: a benign
+    // package of the same shape takes it (and `--via-prefix` the other).
+    let s = Setup::new(vec![small_package("benign")], &["benign"]);
+    for (route, flags) in ROUTES {
+        let out = run_ok(s.pack(flags).args(["--json", "--force", "-o", "b.tar.gz"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["route"], route);
+    }
+    s.assert_no_staging();
+}
+
 #[test]
 fn a_package_path_leaving_the_prefix_is_refused_before_anything_is_written() {
     let hostile = Package::new("hostile-dotdot", "1.0")
@@ -120,18 +162,13 @@ fn a_package_path_leaving_the_prefix_is_refused_before_anything_is_written() {
     // The staging prefix is work/envpack-XXXX/env: `../../../victim.txt` is this file.
     let victim = s.path().join("victim.txt");
     std::fs::write(&victim, "precious\n").unwrap();
-    let before = snapshot(s.path());
-    let out = run_err(&mut s.pack(&[]));
-    let err = stderr(&out);
+    let err = refused_on_both_routes(&s);
     assert!(
-        err.contains("hostile-dotdot-1.0-0") && err.contains("../../../victim.txt"),
+        err.starts_with("error: the package hostile-dotdot-1.0-0")
+            && err.contains(" is unsafe: \"../../../victim.txt\" leaves the environment"),
         "{err}"
     );
-    assert!(err.contains("leaves the environment"), "{err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
-    s.assert_no_staging();
-    assert_eq!(snapshot(s.path()), before, "something was written");
 }
 
 #[test]
@@ -146,35 +183,30 @@ fn an_absolute_package_path_is_refused_without_a_panic() {
             "size_in_bytes": 3}),
         );
     let s = Setup::new(vec![hostile], &["hostile-abs"]);
-    let before = snapshot(s.path());
-    let out = run_err(&mut s.pack(&[]));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused_on_both_routes(&s);
     assert!(
-        err.contains("hostile-abs-1.0-0") && err.contains("is absolute"),
+        err.starts_with("error: the package hostile-abs-1.0-0")
+            && err.contains(&format!(
+                " is unsafe: {:?} is absolute",
+                target.display().to_string()
+            )),
         "{err}"
     );
-    assert!(!err.contains("panicked"), "{err}");
     assert!(!target.exists());
-    s.assert_no_staging();
-    assert_eq!(snapshot(s.path()), before);
 }
 
 #[test]
 fn symlinks_out_of_the_prefix_and_files_written_through_them_are_refused() {
-    // A symlink to the prefix's parent, then another package's file below it.
+    // A symlink to the prefix's parent (the direct route packed it with a mere warning).
     let link = Package::new("hostile-link", "1.0").symlink("share/up", "../../..");
     let s = Setup::new(vec![link], &["hostile-link"]);
-    let before = snapshot(s.path());
-    let err = stderr(&run_err(&mut s.pack(&[])));
+    let err = refused_on_both_routes(&s);
     assert!(
-        err.contains("hostile-link-1.0-0")
-            && err.contains("share/up")
+        err.starts_with("error: the package hostile-link-1.0-0")
+            && err.contains(" is unsafe: \"share/up\" is a symlink")
             && err.contains("outside the environment"),
         "{err}"
     );
-    s.assert_no_staging();
-    assert_eq!(snapshot(s.path()), before);
 
     // Each link alone stays inside; followed one after the other they leave it.
     let a = Package::new("chain-a", "1.0").symlink("deep/er", ".");
@@ -186,9 +218,12 @@ fn symlinks_out_of_the_prefix_and_files_written_through_them_are_refused() {
             "size_in_bytes": 1}),
         );
     let s = Setup::new(vec![a, b], &["chain-a", "chain-b"]);
-    let err = stderr(&run_err(&mut s.pack(&[])));
-    assert!(err.contains("chain-b-1.0-0"), "{err}");
-    s.assert_no_staging();
+    let err = refused_on_both_routes(&s);
+    assert!(
+        err.starts_with("error: the package chain-b-1.0-0")
+            && err.contains(" is unsafe: \"deep/er/../../escaped.txt\""),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------- items 2, 3, 13: what --force may replace
@@ -417,50 +452,55 @@ fn blocking_setup(name: &str) -> (Setup, PathBuf, Vec<u8>) {
 
 #[test]
 fn an_output_created_while_envpack_runs_is_never_overwritten() {
-    let (s, fifo, bytes) = blocking_setup("slow9");
-    let cache = s.path().join("cache");
-    let out = s.path().join("out.tar.gz");
-    let mut child = s
-        .pack(&["-o"])
-        .arg(&out)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The run has checked that the output is free and now waits for the package; another
-    // process writes the output meanwhile.
-    let writer = wait_for_reader(&fifo, &mut child).expect("the run ended early");
-    std::fs::write(&out, "written by someone else").unwrap();
-    feed(&fifo, &bytes, &mut child);
-    drop(writer);
-    let o = child.wait_with_output().unwrap();
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{err}");
-    assert!(
-        err.contains(&format!("{} already exists", out.display())),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        "written by someone else"
-    );
-    let partials: Vec<String> = snapshot(s.path())
-        .into_iter()
-        .filter(|n| n.contains(".partial"))
-        .collect();
-    assert!(partials.is_empty(), "{partials:?}");
-    s.assert_no_staging();
+    for (route, flags) in ROUTES {
+        let (s, fifo, bytes) = blocking_setup(&format!("slow9-{route}"));
+        let cache = s.path().join("cache");
+        let out = s.path().join("out.tar.gz");
+        let mut child = s
+            .pack(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The run has checked that the output is free and now waits for the package; another
+        // process writes the output meanwhile.
+        let writer = wait_for_reader(&fifo, &mut child).expect("the run ended early");
+        std::fs::write(&out, "written by someone else").unwrap();
+        feed(&fifo, &bytes, &mut child);
+        drop(writer);
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{route}: {err}");
+        assert!(
+            err.contains(&format!("{} already exists", out.display())),
+            "{route}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "written by someone else"
+        );
+        let partials: Vec<String> = snapshot(s.path())
+            .into_iter()
+            .filter(|n| n.contains(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "{route}: {partials:?}");
+        s.assert_no_staging();
+    }
 }
 
 #[test]
 fn two_concurrent_runs_to_one_output_one_wins_the_other_fails_cleanly() {
     let s = Setup::new(vec![small_package("both9")], &["both9"]);
     let out = s.path().join("same.tar.gz");
+    // Both routes publish: half the runs take each.
     let children: Vec<_> = (0..4)
-        .map(|_| {
-            s.pack(&["-o"])
+        .map(|i| {
+            s.pack(ROUTES[i % 2].1)
+                .arg("-o")
                 .arg(&out)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -472,10 +512,20 @@ fn two_concurrent_runs_to_one_output_one_wins_the_other_fails_cleanly() {
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect();
-    let ok = outputs.iter().filter(|o| o.status.success()).count();
-    assert_eq!(ok, 1, "exactly one run writes the output");
-    for o in outputs.iter().filter(|o| !o.status.success()) {
-        assert!(stderr(o).contains("already exists"), "{}", stderr(o));
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let wrote = outputs
+        .iter()
+        .filter(|o| o.status.success() && stdout(o).starts_with("wrote "))
+        .count();
+    assert_eq!(wrote, 1, "exactly one run writes the output");
+    // The others lost the race to publish, or started once the output was there: a run
+    // whose output envpack wrote for the same environment finds it up to date.
+    for o in outputs.iter().filter(|o| !stdout(o).starts_with("wrote ")) {
+        if o.status.success() {
+            assert!(stdout(o).starts_with("up to date: "), "{}", stdout(o));
+        } else {
+            assert!(stderr(o).contains("already exists"), "{}", stderr(o));
+        }
     }
     assert!(std::fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
     s.assert_no_staging();
@@ -508,8 +558,9 @@ fn interrupts_at_any_point_leave_no_staging_and_no_partial() {
         // While the package is being fetched (the staging folder exists).
         let (s, _fifo, _bytes) = blocking_setup(&format!("sig-{}", sig.to_lowercase()));
         let out = s.path().join("out");
+        // The staged route: the direct one makes no staging folder to leave behind.
         let mut child = s
-            .pack(&["--format", fmt, "-o"])
+            .pack(&["--via-prefix", "--format", fmt, "-o"])
             .arg(&out)
             .arg("--cache-dir")
             .arg(s.path().join("cache"))
@@ -540,8 +591,9 @@ fn interrupts_at_any_point_leave_no_staging_and_no_partial() {
 fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
     let (s, fifo, bytes) = blocking_setup("killed");
     let cache = s.path().join("cache");
+    // The staged route throughout: only it makes (and sweeps) staging folders.
     let mut child = s
-        .pack(&["-o", "a.tar.gz", "--cache-dir"])
+        .pack(&["--via-prefix", "-o", "a.tar.gz", "--cache-dir"])
         .arg(&cache)
         .stderr(Stdio::null())
         .spawn()
@@ -553,7 +605,7 @@ fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
     assert!(!stale.is_empty(), "kill -9 left nothing to sweep");
     // A living run holds its staging folder: a second run must not sweep it.
     let mut living = s
-        .pack(&["-o", "b.tar.gz", "--cache-dir"])
+        .pack(&["--via-prefix", "-o", "b.tar.gz", "--cache-dir"])
         .arg(&cache)
         .stderr(Stdio::piped())
         .spawn()
@@ -571,7 +623,7 @@ fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
     let other = Setup::new(vec![small_package("other")], &["other"]);
     run_ok(
         other
-            .pack_in(&s.work(), &["-o"])
+            .pack_in(&s.work(), &["--via-prefix", "-o"])
             .arg(other.path().join("o.tar.gz")),
     );
     assert_eq!(
@@ -589,41 +641,87 @@ fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
     s.assert_no_staging();
 }
 
+/// Runs `cmd` in a mount namespace of its own where `dir` is a 2 MB tmpfs (`unshare -m`, with
+/// `-r` when not root): nothing to unmount, even when a test fails. Returns its output and
+/// what `dir` held when it ended (read inside the namespace).
+fn on_small_fs(dir: &Path, cmd: &Command) -> (Output, Vec<String>) {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let listing = dir.with_extension("listing");
+    let mut c = Command::new("unshare");
+    c.arg("-m");
+    if !root {
+        c.arg("-r");
+    }
+    c.args([
+        "sh",
+        "-c",
+        r#"mount -t tmpfs -o size=2m tmpfs "$SMALL" || exit 99
+"$@"; rc=$?
+ls -A "$SMALL" > "$LISTING"
+exit $rc"#,
+        "sh",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args())
+    .env("SMALL", dir)
+    .env("LISTING", &listing);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(cwd) = cmd.get_current_dir() {
+        c.current_dir(cwd);
+    }
+    let out = c.output().expect("unshare runs");
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "this test needs a 2 MB tmpfs in a mount namespace (unshare -m, or -r when not root): {}",
+        stderr(&out)
+    );
+    let left = std::fs::read_to_string(&listing)
+        .unwrap_or_else(|e| panic!("{}: {e}; {}", listing.display(), stderr(&out)));
+    std::fs::remove_file(&listing).unwrap();
+    (out, left.lines().map(str::to_string).collect())
+}
+
 #[test]
 fn a_full_disk_leaves_no_staging_and_names_the_output() {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
+    // 3 MB that compress to little: the package is small, the prefix and a plain tar are not.
     let s = Setup::new(
         vec![Package::new("big", "1.0").file("share/big.bin", vec![7u8; 3 << 20])],
         &["big"],
     );
     let small = s.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|st| st.success());
-    assert!(
-        mounted,
-        "this test needs to mount a 2 MB tmpfs (run the tests as root, as CI does)"
-    );
-    let _unmount = Unmount(small.clone());
-    // Staging on the full disk.
-    let err = stderr(&run_err(&mut s.pack_in(&small, &["-o", "x.tar"])));
-    assert!(
-        err.contains("No space left") || err.contains("space"),
-        "{err}"
-    );
-    assert!(snapshot(&small).is_empty(), "{:?}", snapshot(&small));
-    // The output on the full disk: the error names it, no partial is left.
+    let before = snapshot(s.path());
+
+    // Staging on the full disk (the staged route: the direct one stages nothing).
+    let (o, left) = on_small_fs(&small, &s.pack_in(&small, &["--via-prefix", "-o", "x.tar"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(left.is_empty(), "staging left on the full disk: {left:?}");
+
+    // The output on the full disk, on both routes: the error names it, no partial is left.
     let out = small.join("out.tar");
-    let err = stderr(&run_err(s.pack(&["-o"]).arg(&out)));
-    assert!(err.contains(&out.display().to_string()), "{err}");
-    assert!(snapshot(&small).is_empty(), "{:?}", snapshot(&small));
-    s.assert_no_staging();
+    for (route, flags) in ROUTES {
+        let (o, left) = on_small_fs(&small, s.pack(flags).arg("-o").arg(&out));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{route}: {err}");
+        assert!(
+            err.contains(&format!("failed to write {}", out.display()))
+                && err.contains("No space left on device"),
+            "{route}: {err}"
+        );
+        assert!(left.is_empty(), "{route}: left on the full disk: {left:?}");
+        s.assert_no_staging();
+    }
+    assert!(!s.proj().join("x.tar").exists());
+    assert_eq!(snapshot(s.path()), before, "something was written outside");
 }
