@@ -887,6 +887,7 @@ pub fn read_environment(
         pip: Vec::new(),
         variables: locked.variables,
         digest: spec::hex(&h.finalize()),
+        warnings: Vec::new(),
     })
 }
 

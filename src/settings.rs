@@ -41,6 +41,9 @@ pub enum SettingsError {
         /// The value given.
         value: String,
     },
+    /// A `--compress-level` outside its format's range.
+    #[error(transparent)]
+    Level(#[from] crate::pack::compress::LevelError),
     /// A flag's value that cannot work.
     #[error("{flag} {value:?}: {reason}")]
     InvalidValue {
@@ -518,24 +521,8 @@ fn check_values(req: &Request, format: Format) -> Result<(), SettingsError> {
     if req.parallel == Some(0) {
         return Err(invalid("--parallel", "0".into(), "give at least 1"));
     }
-    if let Some(level) = req.level {
-        let ok = match format {
-            Format::TarGz => (0..=9).contains(&level),
-            Format::TarZst => (1..=22).contains(&level),
-            Format::Tar | Format::Dir => true,
-        };
-        if !ok {
-            return Err(invalid(
-                "--compress-level",
-                level.to_string(),
-                if format == Format::TarZst {
-                    "zstd levels are 1 to 22"
-                } else {
-                    "gzip levels are 0 to 9"
-                },
-            ));
-        }
-    }
+    // The format's range, as packing checks it, but before any work.
+    crate::pack::archive::compression_for(format, req.level)?;
     if let Some(d) = &req.dest_prefix
         && d.chars().any(char::is_control)
     {

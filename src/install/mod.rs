@@ -180,15 +180,6 @@ pub enum InstallError {
         /// Why.
         reason: String,
     },
-    /// A package could not be downloaded or extracted into the package cache.
-    #[error("cannot fetch {package}")]
-    Fetch {
-        /// `name-version-build` of the package.
-        package: String,
-        /// The cache's error.
-        #[source]
-        source: rattler_cache::package_cache::PackageCacheError,
-    },
     /// A package would write outside the environment: refused before anything is written.
     #[error("the package {package} is unsafe: {path:?} {reason}")]
     UnsafePath {
