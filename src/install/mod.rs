@@ -228,8 +228,18 @@ pub async fn install_conda(
     let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
     // Channels are not trusted: every package is fetched into the cache and its paths are
     // checked before the installer writes (or removes) anything.
+    // rattler coordinates processes sharing a cache through its global lock only: held while
+    // fetching (as the installer holds it), released before the installer takes it.
+    let lock = cache
+        .acquire_global_lock()
+        .await
+        .map_err(|source| InstallError::Fetch {
+            package: "the package cache's lock".into(),
+            source,
+        })?;
     let folders = fetch_all(&cache, &records, &client, &reporter).await?;
     safety::check_packages(&folders)?;
+    drop(lock);
     let installer = Installer::new()
         .with_package_cache(cache)
         .with_download_client(client)
