@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rattler_conda_types::{
-    Channel, GenericVirtualPackage, PackageName, RepoDataRecord, Subdir, Version,
+    Channel, GenericVirtualPackage, MatchSpec, PackageName, RepoDataRecord, Subdir, Version,
     package::BuildString,
 };
 use rattler_repodata_gateway::Gateway;
@@ -219,26 +219,6 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
         .await
         .map_err(SolveError::Repodata)?;
 
-    // What the channels hold of each requested name, to explain an unsolvable environment.
-    let mut versions: std::collections::BTreeMap<String, Vec<(Version, String)>> = specs
-        .iter()
-        .filter_map(|s| {
-            s.name
-                .as_exact()
-                .map(|n| (n.as_normalized().to_string(), Vec::new()))
-        })
-        .collect();
-    for rd in &repodata {
-        for r in rd {
-            if let Some(v) = versions.get_mut(r.package_record.name.as_normalized()) {
-                v.push((
-                    r.package_record.version.version().clone(),
-                    r.package_record.version.to_string(),
-                ));
-            }
-        }
-    }
-
     let virtual_packages = request.virtual_packages;
     let platform = request.platform;
     let task_specs = specs.clone();
@@ -258,37 +238,7 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
         Ok(r) => r.records,
         Err(rattler_solve::SolveError::Unsolvable(lines)) => {
             let mut explanation = lines.join("\n");
-            let missing: Vec<&String> = versions
-                .iter()
-                .filter(|(_, v)| v.is_empty())
-                .map(|(n, _)| n)
-                .collect();
-            if !missing.is_empty() {
-                let names: Vec<String> = gateway
-                    .names(sources.clone(), [platform, Subdir::NoArch])
-                    .execute()
-                    .await
-                    .map(|o| {
-                        o.names
-                            .iter()
-                            .map(|n| n.as_normalized().to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for name in missing {
-                    explanation.push_str(&no_such_package(name, &names));
-                }
-            }
-            for spec in &specs {
-                let Some(name) = spec.name.as_exact().map(PackageName::as_normalized) else {
-                    continue;
-                };
-                if let Some(found) = versions.get(name).filter(|v| !v.is_empty())
-                    && spec.version.is_some()
-                {
-                    explanation.push_str(&available_versions(name, found));
-                }
-            }
+            explanation.push_str(&explain(&gateway, &sources, platform, &specs).await);
             return Err(SolveError::Unsolvable {
                 platform,
                 explanation,
@@ -298,6 +248,78 @@ pub async fn solve(request: SolveRequest<'_>) -> Result<Solution, SolveError> {
     };
     records.sort_by(|a, b| a.package_record.name.cmp(&b.package_record.name));
     Ok(Solution { records, channels })
+}
+
+/// What the channels hold of each requested name, to explain an unsolvable environment: a
+/// name they do not hold gets the closest names they do; a name with a version asked for gets
+/// the versions they have. The specs' own query returned only matching records: every
+/// version of each name is queried again.
+async fn explain(
+    gateway: &Gateway,
+    sources: &[Channel],
+    platform: Subdir,
+    specs: &[MatchSpec],
+) -> String {
+    let names: Vec<PackageName> = specs
+        .iter()
+        .filter_map(|s| s.name.as_exact().cloned())
+        .collect();
+    let mut versions: std::collections::BTreeMap<String, Vec<(Version, String)>> = names
+        .iter()
+        .map(|n| (n.as_normalized().to_string(), Vec::new()))
+        .collect();
+    let every_version = gateway
+        .query(
+            sources.to_vec(),
+            [platform, Subdir::NoArch],
+            names.iter().cloned().map(MatchSpec::from),
+        )
+        .execute()
+        .await
+        .unwrap_or_default();
+    for rd in &every_version {
+        for r in rd {
+            if let Some(v) = versions.get_mut(r.package_record.name.as_normalized()) {
+                v.push((
+                    r.package_record.version.version().clone(),
+                    r.package_record.version.to_string(),
+                ));
+            }
+        }
+    }
+    let mut explanation = String::new();
+    let missing: Vec<&String> = versions
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(n, _)| n)
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<String> = gateway
+            .names(sources.to_vec(), [platform, Subdir::NoArch])
+            .execute()
+            .await
+            .map(|o| {
+                o.names
+                    .iter()
+                    .map(|n| n.as_normalized().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in missing {
+            explanation.push_str(&no_such_package(name, &names));
+        }
+    }
+    for spec in specs {
+        let Some(name) = spec.name.as_exact().map(PackageName::as_normalized) else {
+            continue;
+        };
+        if let Some(found) = versions.get(name).filter(|v| !v.is_empty())
+            && spec.version.is_some()
+        {
+            explanation.push_str(&available_versions(name, found));
+        }
+    }
+    explanation
 }
 
 /// "no package named X" with the closest names in the channels, if any are close.

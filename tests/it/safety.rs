@@ -496,12 +496,16 @@ fn an_output_created_while_envpack_runs_is_never_overwritten() {
 fn two_concurrent_runs_to_one_output_one_wins_the_other_fails_cleanly() {
     let s = Setup::new(vec![small_package("both9")], &["both9"]);
     let out = s.path().join("same.tar.gz");
-    // Both routes publish: half the runs take each.
+    // Both routes publish: half the runs take each. A cache of their own: all four fetch
+    // the package into it at once.
+    let cache = s.path().join("cache");
     let children: Vec<_> = (0..4)
         .map(|i| {
             s.pack(ROUTES[i % 2].1)
                 .arg("-o")
                 .arg(&out)
+                .arg("--cache-dir")
+                .arg(&cache)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -724,4 +728,151 @@ fn a_full_disk_leaves_no_staging_and_names_the_output() {
     }
     assert!(!s.proj().join("x.tar").exists());
     assert_eq!(snapshot(s.path()), before, "something was written outside");
+}
+
+// ------------------------------------------- items 5, 6: binaries envpack cannot rewrite
+
+#[test]
+fn unrecorded_binaries_it_cannot_rewrite_are_packed_unchanged_with_a_warning() {
+    let s = Setup::new(vec![small_package("plain5")], &["plain5"]);
+    // A prefix at a path shorter than the archive's placeholder (31 characters).
+    let kept = s.path().join("k");
+    run_ok(
+        s.pack_in(&kept, &["--via-prefix", "--keep-work", "-o"])
+            .arg(s.path().join("first.tar")),
+    );
+    let prefix = s.path().join("p");
+    std::fs::rename(crate::support::kept_work_folder(&kept).join("env"), &prefix).unwrap();
+    let from = prefix.display().to_string();
+    assert!(from.len() < envpack::ARCHIVE_PREFIX.len(), "{from}");
+    // A pickle-like blob (not ELF) and an ELF file, each holding the prefix as a C string.
+    let blob = [&b"\x80\x04\x95\x10\x00"[..], from.as_bytes(), b"\x00\x94."].concat();
+    let elf = [
+        &b"\x7fELF\x02\x01\x01\x00"[..],
+        // Not UTF-8, as any real ELF file (a UTF-8 file is text, relocated as text).
+        b"\xff\xfe\x00\x00\xc3\x28\x00\x00",
+        from.as_bytes(),
+        b"/lib\x00\x00\x00",
+    ]
+    .concat();
+    std::fs::create_dir_all(prefix.join("share/models")).unwrap();
+    std::fs::write(prefix.join("share/models/model.pkl"), &blob).unwrap();
+    std::fs::create_dir_all(prefix.join("lib")).unwrap();
+    std::fs::write(prefix.join("lib/libshort.so"), &elf).unwrap();
+
+    let out = s.path().join("out.tar");
+    let o = run_ok(
+        envpack()
+            .current_dir(s.path())
+            .args(["pack", "--no-progress", "-p"])
+            .arg(&prefix)
+            .arg("-o")
+            .arg(&out),
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("share/models/model.pkl: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged"),
+        "{err}"
+    );
+    assert!(
+        err.contains("lib/libshort.so: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged"),
+        "{err}"
+    );
+    assert!(!err.contains("--dest-prefix"), "{err}");
+    let x = s.path().join("x");
+    crate::support::extract(&out, &x);
+    assert_eq!(
+        std::fs::read(x.join("share/models/model.pkl")).unwrap(),
+        blob
+    );
+    assert_eq!(std::fs::read(x.join("lib/libshort.so")).unwrap(), elf);
+}
+
+// ------------------------------------------ items 11, 13, 14: input checks and messages
+
+#[test]
+fn unknown_top_level_keys_warn_and_the_environment_is_packed() {
+    let s = Setup::new(vec![small_package("plain11")], &["plain11"]);
+    let f = s.proj().join("environment.yml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        format!("{text}platforms:\n  - linux-64\ncategory: main\nvariables:\n  OK_NAME: 1\n  bad-name: 2\n"),
+    )
+    .unwrap();
+    let o = run_ok(&mut s.pack(&["-o", "e.tar.gz"]));
+    let err = stderr(&o);
+    for key in ["platforms", "category"] {
+        assert!(
+            err.contains(&format!("unknown key `{key}` ignored")),
+            "{err}"
+        );
+    }
+    assert!(
+        err.contains("variable `bad-name` ignored: not a valid environment variable name"),
+        "{err}"
+    );
+    assert!(s.proj().join("e.tar.gz").is_file());
+    s.assert_no_staging();
+}
+
+#[test]
+fn a_misspelt_package_gets_a_suggestion_and_a_missing_version_the_versions() {
+    let s = Setup::new(
+        vec![
+            small_package("plainpkg"),
+            Package::new("plainpkg", "1.1").file("share/plainpkg/data.txt", "1.1\n"),
+        ],
+        &["plainpkgg"],
+    );
+    let before = snapshot(s.path());
+    let err = stderr(&run_err(&mut s.pack(&[])));
+    assert!(
+        err.contains("no package named `plainpkgg` in the channels; did you mean `plainpkg`?"),
+        "{err}"
+    );
+    s.env("env", &["plainpkg=2.0"]);
+    let err = stderr(&run_err(&mut s.pack(&[])));
+    assert!(
+        err.contains("versions of `plainpkg` in the channels for this platform: 1.0, 1.1"),
+        "{err}"
+    );
+    s.assert_no_staging();
+    let after: BTreeSet<String> = snapshot(s.path());
+    assert_eq!(after, before, "a failed solve wrote something");
+}
+
+#[test]
+fn values_that_cannot_work_are_refused_before_any_work() {
+    let s = Setup::new(vec![small_package("plain14")], &["plain14"]);
+    // The channel is gone: a refusal that read it would say so.
+    std::fs::rename(s.path().join("channel"), s.path().join("channel.away")).unwrap();
+    let before = snapshot(s.path());
+    for (flags, message) in [
+        (&["-j", "0"][..], "--threads \"0\": give at least 1 thread"),
+        (
+            &["--parallel", "0"][..],
+            "--parallel \"0\": give at least 1",
+        ),
+        (
+            &["--compress-level", "99"][..],
+            "compression level 99 is out of range: gzip takes 0 to 9",
+        ),
+        (
+            &["--format", "tar.zst", "--compress-level", "23"][..],
+            "compression level 23 is out of range: zstd takes",
+        ),
+        (
+            &["--dest-prefix", "/opt/env\nx"][..],
+            "holds a control character",
+        ),
+    ] {
+        let o = run_err(&mut s.pack(flags));
+        let err = stderr(&o);
+        assert!(err.contains(message), "{flags:?}: {err}");
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(!err.contains("channel"), "{flags:?} solved first: {err}");
+    }
+    assert_eq!(snapshot(s.path()), before);
+    s.assert_no_staging();
 }
