@@ -504,6 +504,7 @@ fn print_models(r: &ModelsReport, json: bool, quiet: bool) -> std::io::Result<()
     ]];
     for m in &r.models {
         let how = match (&m.reused_from, m.installed, r.dry_run) {
+            _ if m.up_to_date => "up to date".into(),
             (Some(from), _, _) => format!("same environment as {from}"),
             (None, true, _) => "solved, installed, packed".into(),
             (None, false, true) => String::new(),

@@ -23,6 +23,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::manifest::Manifest;
 use crate::pack::walk::Tree;
 use crate::pack::{Format, archive, publish};
 use crate::pipeline::{self, Pipeline, Solved, Summary};
@@ -63,6 +64,8 @@ pub struct ModelReport {
     pub installed: bool,
     /// The model whose packed environment was copied for this one.
     pub reused_from: Option<String>,
+    /// Its output was up to date: nothing was written for it.
+    pub up_to_date: bool,
     /// `--write-config` changed its config.
     pub config_written: bool,
     /// Its config points at the output (after any `--write-config`).
@@ -82,6 +85,9 @@ pub struct ModelsReport {
     pub size: u64,
     /// What it would hold with a copy of each environment per model.
     pub copy_per_model_size: u64,
+    /// Shared environments envpack wrote earlier that no model uses any more, removed (on a
+    /// dry run: that would be removed).
+    pub removed: Vec<PathBuf>,
     /// Warnings and notes.
     pub notices: Vec<Notice>,
     /// Nothing was written.
@@ -106,6 +112,8 @@ struct Job {
     file: PathBuf,
     output: PathBuf,
     config: ConfigPlan,
+    /// The manifest of the output envpack wrote there earlier (none with `--force`).
+    existing: Option<Manifest>,
 }
 
 /// Passes warnings on and nothing else: the binary draws one set of progress bars, which
@@ -183,15 +191,18 @@ fn plan_jobs(settings: &Settings, root: &Path, models: &[Model]) -> Result<Vec<J
         }
         // A file several models use becomes one shared output (checked once it is named).
         let shared = !settings.copy_per_model && files.iter().filter(|f| *f == file).count() > 1;
-        if !shared {
-            pipeline::check_output(settings, &output)?;
-        }
+        let existing = if shared {
+            None
+        } else {
+            pipeline::check_output(settings, &output)?
+        };
         let config = config::plan(m, &output, settings.write_config, false)?;
         jobs.push(Job {
             model: m.clone(),
             file: file.clone(),
             output,
             config,
+            existing,
         });
     }
     Ok(jobs)
@@ -213,23 +224,30 @@ fn default_python(settings: &Settings, server: Server) -> String {
     format!("{a}.{b}")
 }
 
+/// The folder shared environments go to: the repository root, beside it for folders (which
+/// Triton would take for models), or `--env-dir`.
+fn shared_dir(settings: &Settings, root: &Path) -> PathBuf {
+    match &settings.env_dir {
+        Some(d) => d.clone(),
+        None if settings.pack.format == Format::Dir => root.parent().unwrap_or(root).to_path_buf(),
+        None => root.to_path_buf(),
+    }
+}
+
 /// Where each build goes when several models use it: one file (a folder for `--format dir`)
-/// named from the environment and a short digest of what it holds, at the repository root
-/// (beside it for folders, which Triton would take for models) or in `--env-dir`. `None`
-/// for builds of one model, and with `--copy-per-model`.
+/// in [`shared_dir`], named from the environment and the first 8 digits of the digest in its
+/// manifest (so an unchanged environment keeps its name, and a stale one can be told from
+/// anything else: see [`remove_stale`]). `None` for builds of one model, and with
+/// `--copy-per-model`.
 fn shared_outputs(
-    settings: &Settings,
+    p: &Pipeline,
     root: &Path,
     sh: &Sharing,
     solved: &[Solved],
-    identities: &[String],
 ) -> Result<Vec<Option<PathBuf>>, Error> {
+    let settings = p.settings;
     let format = settings.pack.format;
-    let dir = match &settings.env_dir {
-        Some(d) => d.clone(),
-        None if format == Format::Dir => root.parent().unwrap_or(root).to_path_buf(),
-        None => root.to_path_buf(),
-    };
+    let dir = shared_dir(settings, root);
     if format == Format::Dir && crate::paths::normalize(&dir).starts_with(root) {
         return Err(TargetError::SharedFolderInRepository { dir }.into());
     }
@@ -240,13 +258,10 @@ fn shared_outputs(
         .map(|(b, &leader)| {
             let users = sh.build_of_job.iter().filter(|x| **x == b).count();
             (!settings.copy_per_model && users > 1).then(|| {
-                let env = &solved[sh.solve_of_job[leader]].env;
-                let name = file_name_part(env.name.as_deref().unwrap_or("environment"));
-                dir.join(format!(
-                    "{name}-{}{}",
-                    &identities[b][..8],
-                    format.extension()
-                ))
+                let s = &solved[sh.solve_of_job[leader]];
+                let name = file_name_part(s.env.name.as_deref().unwrap_or("environment"));
+                let digest = s.digest(settings, &p.options_for(s, format));
+                dir.join(format!("{name}-{}{}", &digest[..8], format.extension()))
             })
         })
         .collect())
@@ -347,8 +362,39 @@ fn quiet(settings: &Settings, reporter: &SharedReporter, n: usize) -> SharedRepo
     }
 }
 
+/// The planned run: every model's job, the solutions, who shares what, and where shared
+/// environments go.
+struct RunPlan {
+    jobs: Vec<Job>,
+    solved: Vec<Solved>,
+    sh: Sharing,
+    shared: Vec<Option<PathBuf>>,
+}
+
+impl RunPlan {
+    /// The jobs of the models that use build `b`.
+    fn users(&self, b: usize) -> Vec<&Job> {
+        (0..self.jobs.len())
+            .filter(|j| self.sh.build_of_job[*j] == b)
+            .map(|j| &self.jobs[j])
+            .collect()
+    }
+
+    /// The solution build `b` installs.
+    fn solved_of(&self, b: usize) -> &Solved {
+        &self.solved[self.sh.solve_of_job[self.sh.build_leader[b]]]
+    }
+}
+
+/// What the builds did: each build's summary; per job, the seconds spent on it and whether a
+/// copy was written for it (`--copy-per-model`).
+struct Built {
+    environments: Vec<Summary>,
+    seconds: Vec<f64>,
+    copied: Vec<bool>,
+}
+
 /// Packs every model: see the module documentation.
-#[allow(clippy::too_many_lines)]
 pub fn pack_models(
     p: &Pipeline,
     root: &Path,
@@ -356,89 +402,206 @@ pub fn pack_models(
     reporter: &SharedReporter,
 ) -> Result<ModelsReport, Error> {
     let settings = p.settings;
-    let format = settings.pack.format;
-    let mut jobs = plan_jobs(settings, root, models)?;
-    let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
+    let plan = plan_run(p, root, models, reporter)?;
+    let mut notices = planned_notices(settings, &plan.jobs, reporter);
 
-    let (identities, build_of_solve) = distinct_builds(&solved);
-    let sh = Sharing::new(solve_of_job, &build_of_solve);
-
-    // An environment several models use is written once, where each model's config reaches it.
-    let shared = shared_outputs(settings, root, &sh, &solved, &identities)?;
-    for out in shared.iter().flatten() {
-        pipeline::check_output(settings, out)?;
+    // An output whose manifest has the digest its environment packs to is left as it is.
+    let mut current = Vec::new();
+    for (b, &leader) in plan.sh.build_leader.iter().enumerate() {
+        let job = &plan.jobs[leader];
+        let s = plan.solved_of(b);
+        current.push(p.up_to_date(s, job.existing.as_ref(), &job.output, settings.pack.format)?);
     }
-    for (j, job) in jobs.iter_mut().enumerate() {
-        if let Some(out) = &shared[sh.build_of_job[j]] {
-            job.output.clone_from(out);
-            job.config = config::plan(&job.model, out, settings.write_config, true)?;
-        }
-    }
-    let mut notices = planned_notices(settings, &jobs, reporter);
-
-    let mut seconds = vec![0.0; jobs.len()];
-    let environments: Vec<Summary> = if settings.dry_run {
+    let mut built = if settings.dry_run {
         // What the real run would refuse, the dry run refuses too.
-        for n in dry_run_checks(settings, &jobs, &sh, &solved, root)? {
+        for n in dry_run_checks(settings, &plan, root)? {
             reporter.on_notice(&n);
             notices.push(n);
         }
-        sh.build_leader
-            .iter()
-            .map(|&j| solved[sh.solve_of_job[j]].summary(settings, jobs[j].output.clone(), format))
-            .collect()
+        let environments = current
+            .into_iter()
+            .enumerate()
+            .map(|(b, up)| {
+                let output = plan.jobs[plan.sh.build_leader[b]].output.clone();
+                up.unwrap_or_else(|| {
+                    plan.solved_of(b)
+                        .summary(settings, output, settings.pack.format)
+                })
+            })
+            .collect();
+        Built {
+            environments,
+            seconds: vec![0.0; plan.jobs.len()],
+            copied: vec![false; plan.jobs.len()],
+        }
     } else {
-        let reporter = quiet(settings, reporter, sh.build_leader.len());
-        let built = fan_out(settings.parallel, &sh.build_leader, |&leader| {
-            let t = Instant::now();
-            let users: Vec<&Job> = (0..jobs.len())
-                .filter(|j| sh.build_of_job[*j] == sh.build_of_job[leader])
-                .map(|j| &jobs[j])
-                .collect();
-            let s = &solved[sh.solve_of_job[leader]];
-            build(p, s, &jobs[leader], &users, root, &reporter)
-                .map(|summary| (summary, t.elapsed().as_secs_f64()))
-        });
-        let mut environments = Vec::new();
-        for (b, r) in built.into_iter().enumerate() {
-            let (summary, elapsed) = r?;
-            seconds[sh.build_leader[b]] = elapsed;
-            for w in &summary.notices {
-                if !notices.contains(w) {
-                    notices.push(w.clone());
-                }
-            }
-            environments.push(summary);
-        }
-        // With --copy-per-model, copy each environment to the other models that use it.
-        for (j, job) in jobs.iter().enumerate() {
-            let leader = sh.build_leader[sh.build_of_job[j]];
-            if leader != j && shared[sh.build_of_job[j]].is_none() {
-                let t = Instant::now();
-                copy_output(
-                    &jobs[leader].output,
-                    &job.output,
-                    format,
-                    settings.force,
-                    &settings.inputs(),
-                )?;
-                seconds[j] = t.elapsed().as_secs_f64();
-            }
-        }
-        environments
+        build_all(p, &plan, current, root, reporter, &mut notices)?
     };
-    for (s, &j) in sh.solve_leader.iter().enumerate() {
-        if sh.build_leader[sh.build_of_job[j]] != j {
-            seconds[j] += solved[s].timings.get(Stage::Solve) + solved[s].timings.get(Stage::Lock);
+    for (s, &j) in plan.sh.solve_leader.iter().enumerate() {
+        if plan.sh.build_leader[plan.sh.build_of_job[j]] != j {
+            let t = &plan.solved[s].timings;
+            built.seconds[j] += t.get(Stage::Solve) + t.get(Stage::Lock);
         }
     }
 
-    // Configs last: they point at tarballs that exist now.
-    let mut reports = Vec::new();
+    // Configs last: they point at tarballs that exist now. All of them, or none.
+    let written = if settings.dry_run {
+        vec![false; plan.jobs.len()]
+    } else {
+        config::apply_all(&plan.jobs.iter().map(|j| &j.config).collect::<Vec<_>>())?
+    };
+    let reports = model_reports(settings, &plan, &built, &written);
+    let keep: Vec<PathBuf> = plan.shared.iter().flatten().cloned().collect();
+    let planned: Vec<(&Path, &str)> = plan
+        .jobs
+        .iter()
+        .filter_map(|j| Some((j.config.path.as_path(), j.config.new_text.as_deref()?)))
+        .collect();
+    let (removed, stale_notices) = remove_stale(settings, root, &keep, &planned)?;
+    for n in stale_notices {
+        reporter.on_notice(&n);
+        notices.push(n);
+    }
+    let mut report = models_report(
+        settings,
+        root,
+        reports,
+        built.environments,
+        &plan.shared,
+        notices,
+    );
+    report.removed = removed;
+    Ok(report)
+}
+
+/// Plans the run: the jobs, each distinct environment file solved once, the builds, and the
+/// shared outputs (with the manifests of what envpack wrote there before).
+fn plan_run(
+    p: &Pipeline,
+    root: &Path,
+    models: &[Model],
+    reporter: &SharedReporter,
+) -> Result<RunPlan, Error> {
+    let settings = p.settings;
+    let mut jobs = plan_jobs(settings, root, models)?;
+    let (solved, solve_of_job) = solve_all(p, &jobs, reporter)?;
+    let sh = Sharing::new(solve_of_job, &distinct_builds(&solved));
+
+    // An environment several models use is written once, where each model's config reaches it.
+    let shared = shared_outputs(p, root, &sh, &solved)?;
+    let mut shared_existing = Vec::new();
+    for out in &shared {
+        shared_existing.push(match out {
+            Some(out) => pipeline::check_output(settings, out)?,
+            None => None,
+        });
+    }
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let b = sh.build_of_job[j];
+        if let Some(out) = &shared[b] {
+            job.output.clone_from(out);
+            job.existing.clone_from(&shared_existing[b]);
+            job.config = config::plan(&job.model, out, settings.write_config, true)?;
+        }
+    }
+    Ok(RunPlan {
+        jobs,
+        solved,
+        sh,
+        shared,
+    })
+}
+
+/// Builds every environment that is not `current` (up to date), at most `--parallel` at once,
+/// then (`--copy-per-model`) copies each to the other models that use it, unless the copy
+/// there is up to date. The builds' notices join `notices`.
+fn build_all(
+    p: &Pipeline,
+    plan: &RunPlan,
+    current: Vec<Option<Summary>>,
+    root: &Path,
+    reporter: &SharedReporter,
+    notices: &mut Vec<Notice>,
+) -> Result<Built, Error> {
+    let settings = p.settings;
+    let (jobs, sh) = (&plan.jobs, &plan.sh);
+    let mut seconds = vec![0.0; jobs.len()];
+    let mut copied = vec![false; jobs.len()];
+    let todo: Vec<usize> = (0..sh.build_leader.len())
+        .filter(|b| current[*b].is_none())
+        .collect();
+    let reporter = quiet(settings, reporter, todo.len());
+    let built = fan_out(settings.parallel, &todo, |&b| {
+        let leader = sh.build_leader[b];
+        let t = Instant::now();
+        build(
+            p,
+            plan.solved_of(b),
+            &jobs[leader],
+            &plan.users(b),
+            root,
+            &reporter,
+        )
+        .map(|summary| (summary, t.elapsed().as_secs_f64()))
+    });
+    let mut environments = current;
+    for (&b, r) in todo.iter().zip(built) {
+        let (summary, elapsed) = r?;
+        seconds[sh.build_leader[b]] = elapsed;
+        for w in &summary.notices {
+            if !notices.contains(w) {
+                notices.push(w.clone());
+            }
+        }
+        environments[b] = Some(summary);
+    }
+    let environments: Vec<Summary> = environments
+        .into_iter()
+        .map(|e| e.expect("every environment is up to date or built"))
+        .collect();
     for (j, job) in jobs.iter().enumerate() {
-        let written = !settings.dry_run && config::apply(&job.config)?;
         let b = sh.build_of_job[j];
         let leader = sh.build_leader[b];
+        let same = job.existing.as_ref().map(|m| &m.digest) == environments[b].digest.as_ref();
+        if leader != j && plan.shared[b].is_none() && !same {
+            let t = Instant::now();
+            copy_output(
+                &jobs[leader].output,
+                &job.output,
+                settings.pack.format,
+                // A stale copy envpack wrote is replaced; anything else needs --force.
+                settings.force || job.existing.is_some(),
+                &settings.inputs(),
+            )?;
+            seconds[j] = t.elapsed().as_secs_f64();
+            copied[j] = true;
+        }
+    }
+    Ok(Built {
+        environments,
+        seconds,
+        copied,
+    })
+}
+
+/// What happened to each model.
+fn model_reports(
+    settings: &Settings,
+    plan: &RunPlan,
+    built: &Built,
+    written: &[bool],
+) -> Vec<ModelReport> {
+    let sh = &plan.sh;
+    let mut reports = Vec::new();
+    for (j, job) in plan.jobs.iter().enumerate() {
+        let b = sh.build_of_job[j];
+        let leader = sh.build_leader[b];
+        let env = &built.environments[b];
+        let up_to_date = if leader == j || plan.shared[b].is_some() {
+            env.up_to_date
+        } else {
+            !settings.dry_run && !built.copied[j]
+        };
         reports.push(ModelReport {
             name: job.model.name.clone(),
             server: job.model.server,
@@ -447,28 +610,128 @@ pub fn pack_models(
             environment_file: job.file.clone(),
             environment: b,
             output: job.output.clone(),
-            format,
-            size: environments[b].size,
-            seconds: seconds[j],
+            format: settings.pack.format,
+            size: env.size,
+            seconds: built.seconds[j],
             solved: sh.solve_leader[sh.solve_of_job[j]] == j,
-            installed: !settings.dry_run && leader == j,
-            reused_from: (leader != j).then(|| jobs[leader].model.name.clone()),
-            config_written: written,
-            config_points_at_output: job.config.points || written,
+            installed: !settings.dry_run && leader == j && !env.up_to_date,
+            reused_from: (leader != j).then(|| plan.jobs[leader].model.name.clone()),
+            up_to_date,
+            config_written: written[j],
+            config_points_at_output: job.config.points || written[j],
         });
     }
-    Ok(models_report(
-        settings,
-        root,
-        reports,
-        environments,
-        &shared,
-        notices,
-    ))
+    reports
 }
 
-/// Each distinct package set once: the identities of the builds, and the build of each solve.
-fn distinct_builds(solved: &[Solved]) -> (Vec<String>, Vec<usize>) {
+/// Removes the shared environments envpack wrote earlier into [`shared_dir`] that no model
+/// uses any more: only an entry named like one (`NAME-DIGEST8` and an archive extension, or
+/// a folder), carrying envpack's manifest whose digest starts with those 8 digits, not one of
+/// this run's outputs (`keep`), and named in no config of the repository's models (as
+/// `--write-config` leaves them: `planned` holds the new texts, for a dry run). Only at the
+/// repository root: a folder outside it may serve another repository, so a stale environment
+/// there is named in a note and left. Returns what was (on a dry run: would be) removed.
+fn remove_stale(
+    settings: &Settings,
+    root: &Path,
+    keep: &[PathBuf],
+    planned: &[(&Path, &str)],
+) -> Result<(Vec<PathBuf>, Vec<Notice>), Error> {
+    let dir = shared_dir(settings, root);
+    let mut removed = Vec::new();
+    let mut notices = Vec::new();
+    let Ok(entries) = fs_err::read_dir(&dir) else {
+        return Ok((removed, notices));
+    };
+    let mut candidates: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| !keep.contains(p) && stale_name(p).is_some())
+        .collect();
+    if candidates.is_empty() {
+        return Ok((removed, notices));
+    }
+    candidates.sort();
+    // Every config of the repository, as text: an environment one names is in use.
+    let configs = match targets::detect(root)? {
+        targets::Detected::Repository { models, .. } => models,
+        targets::Detected::Model(m) => vec![m],
+        targets::Detected::Environment => Vec::new(),
+    }
+    .iter()
+    .map(|m| {
+        let path = m.config_path();
+        match planned.iter().find(|(p, _)| *p == path) {
+            Some((_, text)) => Ok((*text).to_string()),
+            None => fs_err::read_to_string(path),
+        }
+    })
+    .collect::<Result<Vec<String>, _>>()
+    .map_err(TargetError::from)?;
+    let inside = crate::paths::normalize(&dir) == crate::paths::normalize(root);
+    for path in candidates {
+        let Some((name, digest)) = stale_name(&path) else {
+            continue;
+        };
+        let ours =
+            matches!(crate::manifest::read(&path), Ok(Some(m)) if m.digest.starts_with(&digest));
+        if !ours || configs.iter().any(|c| c.contains(&name)) {
+            continue;
+        }
+        let shown = path.display();
+        if !inside {
+            notices.push(Notice::note(format!(
+                "{shown} is a shared environment envpack wrote that no model of this \
+                 repository uses any more; left in place (outside the repository, another \
+                 repository may use it)"
+            )));
+        } else if settings.dry_run {
+            notices.push(Notice::note(format!(
+                "would remove {shown}: no model uses it any more"
+            )));
+            removed.push(path);
+        } else {
+            if fs_err::symlink_metadata(&path)
+                .map_err(TargetError::from)?
+                .is_dir()
+            {
+                fs_err::remove_dir_all(&path).map_err(TargetError::from)?;
+            } else {
+                fs_err::remove_file(&path).map_err(TargetError::from)?;
+            }
+            notices.push(Notice::note(format!(
+                "removed {shown}: no model uses it any more"
+            )));
+            removed.push(path);
+        }
+    }
+    Ok((removed, notices))
+}
+
+/// The file name and the 8 hex digits of a shared environment's name (`NAME-DIGEST8` with an
+/// archive extension, or a folder without one), if `path` is named like one.
+fn stale_name(path: &Path) -> Option<(String, String)> {
+    let name = path.file_name()?.to_str()?.to_string();
+    let meta = fs_err::symlink_metadata(path).ok()?;
+    let stem = if meta.is_dir() {
+        name.as_str()
+    } else if meta.is_file() {
+        [Format::TarGz, Format::TarZst, Format::Tar]
+            .iter()
+            .find_map(|f| name.strip_suffix(f.extension()))?
+    } else {
+        return None;
+    };
+    let (head, digest) = stem.rsplit_once('-')?;
+    let hex = digest.len() == 8
+        && digest
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    (hex && !head.is_empty()).then(|| (name.clone(), digest.to_string()))
+}
+
+/// Each distinct package set once: the build of each solve.
+fn distinct_builds(solved: &[Solved]) -> Vec<usize> {
     let mut identities: Vec<String> = Vec::new();
     let mut build_of_solve = Vec::new();
     for s in solved {
@@ -479,26 +742,23 @@ fn distinct_builds(solved: &[Solved]) -> (Vec<String>, Vec<usize>) {
         });
         build_of_solve.push(b);
     }
-    (identities, build_of_solve)
+    build_of_solve
 }
 
 /// The consumer checks of every build, on what its solve says the environment will hold.
-fn dry_run_checks(
-    settings: &Settings,
-    jobs: &[Job],
-    sh: &Sharing,
-    solved: &[Solved],
-    root: &Path,
-) -> Result<Vec<Notice>, Error> {
+fn dry_run_checks(settings: &Settings, plan: &RunPlan, root: &Path) -> Result<Vec<Notice>, Error> {
     let mut notices = Vec::new();
-    for (b, &leader) in sh.build_leader.iter().enumerate() {
-        let s = &solved[sh.solve_of_job[leader]];
-        let users: Vec<&Job> = (0..jobs.len())
-            .filter(|j| sh.build_of_job[*j] == b)
-            .map(|j| &jobs[j])
-            .collect();
+    for (b, &leader) in plan.sh.build_leader.iter().enumerate() {
+        let s = plan.solved_of(b);
         let facts = checks::expected(&s.records, s.pip_lines());
-        notices.extend(check_users(settings, &facts, &jobs[leader], &users, root)?);
+        let users = plan.users(b);
+        notices.extend(check_users(
+            settings,
+            &facts,
+            &plan.jobs[leader],
+            &users,
+            root,
+        )?);
     }
     Ok(notices)
 }
@@ -572,6 +832,7 @@ fn models_report(
             .sum(),
         copy_per_model_size: environments.iter().map(copies).sum(),
         environments,
+        removed: Vec::new(),
         notices,
         dry_run: settings.dry_run,
     }

@@ -228,27 +228,42 @@ fn fix_warning(
     )
 }
 
-/// Writes the planned text, if any, by replacing the file (same permissions). Returns whether
-/// it wrote.
-pub fn apply(plan: &ConfigPlan) -> Result<bool, TargetError> {
-    let Some(text) = &plan.new_text else {
-        return Ok(false);
-    };
-    let dir = plan.path.parent().unwrap_or(Path::new("."));
+/// Writes every plan's new text, all or none: each new config is written in full to a
+/// temporary file beside the file it replaces before any is put in place, so a failure leaves
+/// every config as it was. A symlinked config is edited where it points (the link stays).
+/// Returns, per plan, whether it wrote.
+pub fn apply_all(plans: &[&ConfigPlan]) -> Result<Vec<bool>, TargetError> {
     let io = TargetError::io;
-    let permissions = fs_err::metadata(&plan.path)?.permissions();
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(text.as_bytes()).map_err(io(tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
-    fs_err::set_permissions(tmp.path(), permissions)?;
-    tmp.persist(&plan.path)
-        .map_err(|e| crate::paths::at("failed to replace", &plan.path)(e.error))?;
-    Ok(true)
+    let mut staged = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        let Some(text) = &plan.new_text else {
+            continue;
+        };
+        let target = fs_err::canonicalize(&plan.path)?;
+        let dir = target.parent().unwrap_or(Path::new("."));
+        let permissions = fs_err::metadata(&target)?.permissions();
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+        tmp.write_all(text.as_bytes()).map_err(io(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+        fs_err::set_permissions(tmp.path(), permissions)?;
+        staged.push((i, tmp, target));
+    }
+    let mut written = vec![false; plans.len()];
+    for (i, tmp, target) in staged {
+        tmp.persist(&target)
+            .map_err(|e| crate::paths::at("failed to replace", &target)(e.error))?;
+        written[i] = true;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn apply(plan: &ConfigPlan) -> Result<bool, TargetError> {
+        Ok(apply_all(&[plan])?[0])
+    }
 
     fn model(dir: &Path, server: Server, config: &str) -> Model {
         fs_err::create_dir_all(dir).unwrap();
@@ -421,5 +436,42 @@ mod tests {
         // The server resolves it to the shared file.
         let again = plan(&tri, &shared, false, true).unwrap();
         assert!(again.points, "{:?}", again.warnings);
+    }
+
+    #[test]
+    fn a_symlinked_config_is_edited_where_it_points() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("configs/m.pbtxt");
+        fs_err::create_dir_all(shared.parent().unwrap()).unwrap();
+        fs_err::write(&shared, TRITON).unwrap();
+        let dir = t.path().join("m");
+        fs_err::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("../configs/m.pbtxt", dir.join("config.pbtxt")).unwrap();
+        let m = Model {
+            server: Server::Triton,
+            dir: dir.clone(),
+            name: "m".into(),
+        };
+        let p = plan(&m, &dir.join("model-conda.tar.gz"), true, false).unwrap();
+        assert!(apply(&p).unwrap());
+        let link = fs_err::symlink_metadata(dir.join("config.pbtxt")).unwrap();
+        assert!(link.file_type().is_symlink(), "the link stays a link");
+        let text = fs_err::read_to_string(&shared).unwrap();
+        assert!(text.contains(EXECUTION_ENV_PATH), "{text}");
+    }
+
+    #[test]
+    fn configs_are_written_all_or_none() {
+        let t = tempfile::tempdir().unwrap();
+        let a = model(&t.path().join("a"), Server::Triton, TRITON);
+        let b = model(&t.path().join("b"), Server::Triton, TRITON);
+        let pa = plan(&a, &a.dir.join("model-conda.tar.gz"), true, false).unwrap();
+        let pb = plan(&b, &b.dir.join("model-conda.tar.gz"), true, false).unwrap();
+        // b's config goes away between the plan and the write: a is not written either.
+        fs_err::remove_file(b.config_path()).unwrap();
+        assert!(apply_all(&[&pa, &pb]).is_err());
+        assert_eq!(fs_err::read_to_string(a.config_path()).unwrap(), TRITON);
+        let left: Vec<_> = fs_err::read_dir(&a.dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary left: {left:?}");
     }
 }

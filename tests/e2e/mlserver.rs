@@ -27,6 +27,11 @@ pub fn cases() -> Vec<Case> {
             needs: &[Needs::Channel, Needs::Servers],
             run: image_level_tarball_runs_mlserver_from_the_environment,
         },
+        Case {
+            name: "mlserver::two_models_share_one_tarball_at_the_repository_root",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: two_models_share_one_tarball_at_the_repository_root,
+        },
     ]
 }
 
@@ -181,6 +186,72 @@ fn image_level_tarball_runs_mlserver_from_the_environment() -> Result<(), Failed
     );
     let info = infer_info(&server, "envinfo")?;
     ran_from(&info, &extract.canonicalize()?)?;
+    server.stop()?;
+    Ok(())
+}
+
+/// Two models on one environment file: one tarball at the repository root, both
+/// `model-settings.json` point at it (`../NAME.tar.gz`), MLServer extracts it once and serves
+/// both from it. A second run with nothing changed writes nothing.
+fn two_models_share_one_tarball_at_the_repository_root() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    for name in ["one", "two"] {
+        write_model(&models, name);
+    }
+    std::fs::write(models.join("environment.yml"), environment(&servers))?;
+    let report = pack(&[models.as_os_str(), "--write-config".as_ref()], dir.path())?;
+    let tarballs: Vec<_> = std::fs::read_dir(&models)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .collect();
+    ensure(tarballs.len() == 1, format!("root tarballs {tarballs:?}"))?;
+    let tarball = &tarballs[0];
+    let name = tarball.file_name().unwrap_or_default().to_string_lossy();
+    for model in ["one", "two"] {
+        ensure(
+            !models.join(model).join("environment.tar.gz").exists(),
+            format!("{model} holds a copy"),
+        )?;
+        let text = std::fs::read_to_string(models.join(model).join("model-settings.json"))?;
+        let settings: Value = serde_json::from_str(&text)?;
+        ensure(
+            settings["parameters"]["environment_tarball"] == json!(format!("../{name}")),
+            format!("{model}/model-settings.json:\n{text}"),
+        )?;
+    }
+    ensure(
+        report["environments"].as_array().map(Vec::len) == Some(1)
+            && report["environments"][0]["shared"] == json!(true),
+        format!("report {report}"),
+    )?;
+    let mtime = std::fs::metadata(tarball)?.modified()?;
+    let again = pack(&[models.as_os_str(), "--write-config".as_ref()], dir.path())?;
+    ensure(
+        again["models"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m["up_to_date"] == json!(true))),
+        format!("second run {again}"),
+    )?;
+    ensure(
+        std::fs::metadata(tarball)?.modified()? == mtime,
+        "the second run rewrote the tarball",
+    )?;
+
+    let server = MlServer::start(&servers, &models, &dir.path().join("mlserver.log"))?;
+    let env = server.environments_dir.join(sha256_file(tarball));
+    for model in ["one", "two"] {
+        let ready = server.wait_model_ready(model, Duration::from_mins(4))?;
+        eprintln!("{model} ready in {:.1} s", ready.as_secs_f64());
+        let info = infer_info(&server, model)?;
+        ran_from(&info, &env)?;
+    }
+    ensure(
+        server.extracted_envs() == [env.clone()],
+        format!("extractions {:?}", server.extracted_envs()),
+    )?;
     server.stop()?;
     Ok(())
 }

@@ -220,3 +220,148 @@ fn contradicting_flags_are_refused_before_any_work() {
     let out = run_err(envpack().args(["pack", "-p"]).arg(f.path().join("nope")));
     assert!(stderr(&out).contains("no such folder"), "{}", stderr(&out));
 }
+
+/// The `.tar.gz` files at the root of `repo`, sorted.
+fn root_tarballs(repo: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn bytes_and_mtime(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    (
+        std::fs::read(path).unwrap(),
+        std::fs::metadata(path).unwrap().modified().unwrap(),
+    )
+}
+
+#[test]
+fn a_second_run_rebuilds_only_the_changed_environment_and_removes_the_stale_one() {
+    let f = Fixture::new();
+    let project = f.path().join("project");
+    let repo = project.join("models");
+    for m in ["a", "b", "c", "d"] {
+        triton_model(&repo.join(m));
+    }
+    // a and b: an environment file each, the same environment; c and d: the project's.
+    let ab = "name: ab\nchannels: [local]\ndependencies: [python, tool]\n";
+    for m in ["a", "b"] {
+        std::fs::write(repo.join(m).join("environment.yml"), ab).unwrap();
+    }
+    let cd = project.join("environment.yml");
+    std::fs::write(
+        &cd,
+        "name: cd\nchannels: [local]\ndependencies: [python, greet]\n",
+    )
+    .unwrap();
+    // Named like a shared environment, but not envpack's: never removed.
+    let foreign = repo.join("other-0123abcd.tar.gz");
+    std::fs::write(&foreign, b"not an archive").unwrap();
+    let pack = |extra: &[&str]| {
+        json(&run_ok(&mut pack_in(
+            &f,
+            &project,
+            "models",
+            &[&["--write-config", "--json"], extra].concat(),
+        )))
+    };
+
+    let first = pack(&[]);
+    let names = root_tarballs(&repo);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let ab_file = repo.join(names.iter().find(|n| n.starts_with("ab-")).unwrap());
+    let cd_file = repo.join(names.iter().find(|n| n.starts_with("cd-")).unwrap());
+    assert!(
+        first["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["up_to_date"] == false),
+        "{first}"
+    );
+    let ab_before = bytes_and_mtime(&ab_file);
+    let cd_before = bytes_and_mtime(&cd_file);
+    let config_before = bytes_and_mtime(&repo.join("c/config.pbtxt"));
+
+    // Nothing changed: nothing written, every model up to date.
+    let again = pack(&[]);
+    for m in again["models"].as_array().unwrap() {
+        assert_eq!(m["up_to_date"], true, "{again}");
+        assert_eq!(m["config_written"], false, "{again}");
+    }
+    assert_eq!(bytes_and_mtime(&ab_file), ab_before);
+    assert_eq!(bytes_and_mtime(&cd_file), cd_before);
+    assert_eq!(bytes_and_mtime(&repo.join("c/config.pbtxt")), config_before);
+    assert_eq!(again["removed"], serde_json::json!([]), "{again}");
+
+    // c and d's environment changes: a dry run says what would go, and touches nothing.
+    std::fs::write(
+        &cd,
+        "name: cd\nchannels: [local]\ndependencies: [python, greet, tool]\n",
+    )
+    .unwrap();
+    let dry = pack(&["--dry-run"]);
+    assert_eq!(dry["removed"], serde_json::json!([cd_file]), "{dry}");
+    assert_eq!(bytes_and_mtime(&cd_file), cd_before);
+
+    let changed = pack(&[]);
+    let names = root_tarballs(&repo);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let new_cd = names
+        .iter()
+        .find(|n| n.starts_with("cd-"))
+        .map(|n| repo.join(n))
+        .unwrap();
+    assert_ne!(new_cd, cd_file, "the changed environment has a new name");
+    assert!(!cd_file.exists(), "the stale environment is removed");
+    assert_eq!(
+        changed["removed"],
+        serde_json::json!([cd_file]),
+        "{changed}"
+    );
+    assert_eq!(
+        bytes_and_mtime(&ab_file),
+        ab_before,
+        "the other is untouched"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"not an archive");
+    for m in ["c", "d"] {
+        let config = std::fs::read_to_string(repo.join(m).join("config.pbtxt")).unwrap();
+        let name = new_cd.file_name().unwrap().to_string_lossy();
+        assert!(config.contains(&format!("/../{name}")), "{config}");
+    }
+    for m in changed["models"].as_array().unwrap() {
+        let expect = m["name"] == "a" || m["name"] == "b";
+        assert_eq!(m["up_to_date"], expect, "{changed}");
+    }
+}
+
+#[test]
+fn a_stale_environment_a_config_still_names_is_kept() {
+    let f = Fixture::new();
+    let repo = f.path().join("models");
+    for m in ["a", "b"] {
+        triton_model(&repo.join(m));
+    }
+    let env = repo.join("environment.yml");
+    std::fs::write(&env, "name: e\nchannels: [local]\ndependencies: [python]\n").unwrap();
+    run_ok(&mut pack_in(&f, f.path(), "models", &["--write-config"]));
+    let old = root_tarballs(&repo);
+    assert_eq!(old.len(), 1, "{old:?}");
+    std::fs::write(
+        &env,
+        "name: e\nchannels: [local]\ndependencies: [python, tool]\n",
+    )
+    .unwrap();
+    // Without --write-config the configs still name the old file: it stays, and the run
+    // says the configs do not point at the new one.
+    let out = run_ok(&mut pack_in(&f, f.path(), "models", &[]));
+    let now = root_tarballs(&repo);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.contains(&old[0]), "{now:?}");
+    assert!(!stderr(&out).contains("removed"), "{}", stderr(&out));
+}
