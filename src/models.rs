@@ -404,6 +404,10 @@ pub fn pack_models(
     let settings = p.settings;
     let plan = plan_run(p, root, models, reporter)?;
     let mut notices = planned_notices(settings, &plan.jobs, reporter);
+    for n in mlserver_sharing(&plan) {
+        reporter.on_notice(&n);
+        notices.push(n);
+    }
 
     // An output whose manifest has the digest its environment packs to is left as it is.
     let mut current = Vec::new();
@@ -472,6 +476,34 @@ pub fn pack_models(
     );
     report.removed = removed;
     Ok(report)
+}
+
+/// The warning for MLServer models that share one environment: MLServer (1.7.1 checked) loads
+/// the models of a folder at start-up all at once, keys extractions by the tarball's sha256,
+/// and only checks that the extraction folder exists: the second model starts its workers
+/// from the first one's half-extracted environment, and they crash. Byte-identical copies in
+/// each model folder race the same way.
+fn mlserver_sharing(plan: &RunPlan) -> Vec<Notice> {
+    (0..plan.sh.build_leader.len())
+        .filter_map(|b| {
+            let users: Vec<&str> = plan
+                .users(b)
+                .iter()
+                .filter(|j| j.model.server == Server::MlServer)
+                .map(|j| j.model.name.as_str())
+                .collect();
+            (users.len() > 1).then(|| {
+                Notice::warning(format!(
+                    "MLServer models {} use one environment: MLServer loads models at start-up \
+                     all at once, and a second model on the same tarball can start from the \
+                     first one's half-extracted copy (its workers crash); set \
+                     \"load_models_at_startup\": false in settings.json and load them one by \
+                     one through the repository API, or give them different environments",
+                    users.join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Plans the run: the jobs, each distinct environment file solved once, the builds, and the

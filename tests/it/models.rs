@@ -365,3 +365,36 @@ fn a_stale_environment_a_config_still_names_is_kept() {
     assert!(now.contains(&old[0]), "{now:?}");
     assert!(!stderr(&out).contains("removed"), "{}", stderr(&out));
 }
+
+#[test]
+fn mlserver_models_on_one_environment_are_warned_of_mlservers_start_up_race() {
+    let f = Fixture::new();
+    let repo = f.path().join("models");
+    for m in ["one", "two"] {
+        std::fs::create_dir_all(repo.join(m)).unwrap();
+        std::fs::write(
+            repo.join(m).join("model-settings.json"),
+            format!("{{\"name\": \"{m}\", \"implementation\": \"model.M\"}}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        f.path().join("environment.yml"),
+        repo.join("environment.yml"),
+    )
+    .unwrap();
+    let out = run_ok(&mut pack_in(&f, f.path(), "models", &["--dry-run"]));
+    assert!(
+        stderr(&out).contains("MLServer models one, two use one environment"),
+        "{}",
+        stderr(&out)
+    );
+    // One model per environment: no warning.
+    std::fs::remove_dir_all(repo.join("two")).unwrap();
+    let out = run_ok(&mut pack_in(&f, f.path(), "models", &["--dry-run"]));
+    assert!(
+        !stderr(&out).contains("use one environment"),
+        "{}",
+        stderr(&out)
+    );
+}
