@@ -189,6 +189,39 @@ fn a_repository_writes_a_shared_environment_once_at_its_root() {
         config.contains("$$TRITON_MODEL_DIRECTORY/model-conda.tar.gz"),
         "{config}"
     );
+    // Again: every copy is up to date; then a changed environment replaces both stale copies
+    // (envpack wrote them) without --force.
+    let b_mtime = bytes_and_mtime(&copies.join("b/model-conda.tar.gz"));
+    let again = json(&run_ok(&mut pack_in(
+        &f,
+        f.path(),
+        "copies",
+        &["--copy-per-model", "--json"],
+    )));
+    assert!(
+        again["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["up_to_date"] == true),
+        "{again}"
+    );
+    assert_eq!(
+        bytes_and_mtime(&copies.join("b/model-conda.tar.gz")),
+        b_mtime
+    );
+    std::fs::write(
+        copies.join("environment.yml"),
+        "name: hermetic\nchannels: [local]\ndependencies: [python, greet]\n",
+    )
+    .unwrap();
+    run_ok(&mut pack_in(&f, f.path(), "copies", &["--copy-per-model"]));
+    let a2 = std::fs::read(copies.join("a/model-conda.tar.gz")).unwrap();
+    assert_ne!(a2, a);
+    assert_eq!(
+        a2,
+        std::fs::read(copies.join("b/model-conda.tar.gz")).unwrap()
+    );
 }
 
 #[test]
