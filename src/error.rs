@@ -42,6 +42,14 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     /// The thread pool for `--threads` could not be started.
+    /// A repository's environment failed: the models that use it, and its file.
+    #[error("cannot pack the environment of {models} ({})", file.display())]
+    Models {
+        models: String,
+        file: std::path::PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("cannot start the thread pool")]
     ThreadPool(#[source] rayon::ThreadPoolBuildError),
     /// The async runtime could not be started.
@@ -76,6 +84,7 @@ impl Error {
             ),
             Error::Lock(l) => l.hint(),
             Error::Inspect(i) => i.hint(),
+            Error::Models { source, .. } => source.hint(),
             _ => None,
         }
     }
@@ -86,6 +95,7 @@ impl Error {
         match self {
             Error::Settings(e) => e.is_usage(),
             Error::Inspect(e) => e.is_usage(),
+            Error::Models { source, .. } => source.is_usage(),
             Error::Channel(_)
             | Error::Solve(solve::SolveError::InvalidSetting { .. })
             | Error::Pack(

@@ -349,6 +349,13 @@ fn solve_all(
         p.solve(env.clone(), &reporter)
     })
     .into_iter()
+    .enumerate()
+    .map(|(i, r)| {
+        r.map_err(|e| {
+            let users = (0..jobs.len()).filter(|j| solve_of_job[*j] == i);
+            in_models(e, &envs[i].path, users.map(|j| &jobs[j]))
+        })
+    })
     .collect::<Result<_, _>>()?;
     Ok((solved, solve_of_job))
 }
@@ -478,6 +485,24 @@ pub fn pack_models(
     Ok(report)
 }
 
+/// `e`, naming the models whose environment (`file`) it is; an error that names its model
+/// already (a failed check) is left as it is.
+fn in_models<'a>(e: Error, file: &Path, users: impl IntoIterator<Item = &'a Job>) -> Error {
+    if matches!(e, Error::Target(TargetError::Check { .. })) {
+        return e;
+    }
+    let names: Vec<&str> = users.into_iter().map(|j| j.model.name.as_str()).collect();
+    Error::Models {
+        models: format!(
+            "{} {}",
+            if names.len() == 1 { "model" } else { "models" },
+            names.join(", ")
+        ),
+        file: file.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
 /// The warning for MLServer models that share one environment: MLServer (1.7.1 checked) loads
 /// the models of a folder at start-up all at once, keys extractions by the tarball's sha256,
 /// and only checks that the extraction folder exists: the second model starts its workers
@@ -578,7 +603,8 @@ fn build_all(
     });
     let mut environments = current;
     for (&b, r) in todo.iter().zip(built) {
-        let (summary, elapsed) = r?;
+        let (summary, elapsed) =
+            r.map_err(|e| in_models(e, &plan.solved_of(b).env.path, plan.users(b)))?;
         seconds[sh.build_leader[b]] = elapsed;
         for w in &summary.notices {
             if !notices.contains(w) {

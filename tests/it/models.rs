@@ -431,3 +431,37 @@ fn mlserver_models_on_one_environment_are_warned_of_mlservers_start_up_race() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_failing_environment_names_the_models_that_use_it() {
+    let f = Fixture::new();
+    let repo = f.path().join("models");
+    for m in ["a", "b", "c"] {
+        triton_model(&repo.join(m));
+    }
+    for m in ["a", "b"] {
+        std::fs::write(
+            repo.join(m).join("environment.yml"),
+            "name: bad\nchannels: [local]\ndependencies: [python, nosuchpkg]\n",
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        f.path().join("environment.yml"),
+        repo.join("c/environment.yml"),
+    )
+    .unwrap();
+    let out = run_err(&mut pack_in(&f, f.path(), "models", &[]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot pack the environment of models a, b (")
+            && err.contains("a/environment.yml)"),
+        "{err}"
+    );
+    assert!(err.contains("nosuchpkg"), "{err}");
+    // Nothing was written for any model.
+    for m in ["a", "b", "c"] {
+        assert!(!repo.join(m).join("model-conda.tar.gz").exists(), "{m}");
+    }
+}
