@@ -101,7 +101,8 @@ impl Error {
             | Error::Pack(
                 pack::PackError::NoOutputFolder { .. }
                 | pack::PackError::NotReplaceable { .. }
-                | pack::PackError::UnsafeName { .. },
+                | pack::PackError::UnsafeName { .. }
+                | pack::PackError::NothingLeft { .. },
             )
             | Error::Unpack(unpack::UnpackError::BadPrefix(_)) => true,
             _ => false,
@@ -130,6 +131,8 @@ fn pack_hint(e: &pack::PackError) -> Option<String> {
         P::Editable { .. } => "install those packages normally (not with `pip install -e`), or pass --ignore-editable-packages".into(),
         P::MissingFiles { .. } => "reinstall the affected packages, or pass --ignore-missing-files to pack without them".into(),
         P::Relocate { .. } => "choose a shorter --dest-prefix".into(),
+        P::NonUtf8Path { .. } => "rename it, or leave it out with --exclude".into(),
+        P::NothingLeft { .. } => "check the patterns: `--exclude '*'` drops everything an --include after it does not bring back".into(),
         _ => return None,
     })
 }

@@ -59,6 +59,12 @@ pub enum PackError {
         /// The missing paths.
         files: Vec<String>,
     },
+    /// The filters drop every file of the prefix.
+    #[error("--include/--exclude leave no file of {} to pack", prefix.display())]
+    NothingLeft {
+        /// The prefix.
+        prefix: PathBuf,
+    },
     /// A path that is not UTF-8.
     #[error("{} is not valid UTF-8", path.display())]
     NonUtf8Path {
@@ -396,8 +402,18 @@ pub fn plan(
     );
     let records = walk::read_records(&prefix)?;
     let options = &with_state_variables(options, &prefix)?;
-    let found = without_empty_clobber_dirs(walk::walk(&prefix, &options.filters)?);
-    let warnings = check(&prefix, &found, &records, options)?;
+    let walked = walk::walk(&prefix, &options.filters)?;
+    if !options.filters.is_empty() && walked.found.iter().all(|f| f.kind == walk::Kind::Dir) {
+        return Err(PackError::NothingLeft { prefix });
+    }
+    let found = without_empty_clobber_dirs(walked.found);
+    let mut warnings = check(&prefix, &found, &records, options)?;
+    if !walked.skipped.is_empty() {
+        warnings.push(Notice::warning(format!(
+            "left out (FIFOs, sockets and devices cannot be packed): {}",
+            walked.skipped.join(", ")
+        )));
+    }
     let hook_dir = options
         .auto_relocate
         .then(|| site_packages(&found))

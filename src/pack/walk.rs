@@ -181,11 +181,23 @@ pub enum Filter {
     Exclude(String),
 }
 
+/// What a walk found, and what it left out that no filter dropped: FIFOs, sockets and devices,
+/// which no relocatable environment can carry (the caller says so).
+#[derive(Debug)]
+pub struct Walked {
+    /// The entries, sorted.
+    pub found: Vec<Found>,
+    /// Special files left out, sorted.
+    pub skipped: Vec<String>,
+}
+
 /// Walks `prefix`, sorted, never following symlinks. Entries that the filters drop are left
-/// out (a dropped directory drops what is below it unless an include brings it back).
-pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> {
+/// out (a dropped directory drops what is below it unless an include brings it back). A name
+/// that is not UTF-8 is an error unless the filters drop it.
+pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Walked, PackError> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let dir = if rel.is_empty() {
@@ -196,11 +208,18 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
         let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
         for entry in fs_err::read_dir(&dir)? {
             let entry = entry?;
-            let name = entry
-                .file_name()
-                .to_str()
-                .map(str::to_string)
-                .ok_or_else(|| PackError::NonUtf8Path { path: entry.path() })?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                let lossy = entry.file_name().to_string_lossy().into_owned();
+                let lossy = if rel.is_empty() {
+                    lossy
+                } else {
+                    format!("{rel}/{lossy}")
+                };
+                if included(&lossy, filters) {
+                    return Err(PackError::NonUtf8Path { path: entry.path() });
+                }
+                continue;
+            };
             let path = entry.path();
             let meta = fs_err::symlink_metadata(&path)?;
             children.push((name, meta));
@@ -228,13 +247,20 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Vec<Found>, PackError> 
                 }
             } else {
                 // Sockets, fifos, devices: nothing a relocatable environment can carry.
+                if included(&child, filters) {
+                    skipped.push(child);
+                }
                 continue;
             };
             out.push(Found { path: child, kind });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(apply_filters(out, filters))
+    skipped.sort();
+    Ok(Walked {
+        found: apply_filters(out, filters),
+        skipped,
+    })
 }
 
 /// Drops what the filters drop from `all` (every entry of a tree, sorted), keeping the
@@ -663,7 +689,12 @@ mod tests {
         std::fs::write(p.join("lib/a"), "a").unwrap();
         std::fs::write(p.join("share/doc/x/readme"), "r").unwrap();
         std::os::unix::fs::symlink("lib", p.join("lib64")).unwrap();
-        let all: Vec<String> = walk(p, &[]).unwrap().into_iter().map(|f| f.path).collect();
+        let all: Vec<String> = walk(p, &[])
+            .unwrap()
+            .found
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
         assert_eq!(
             all,
             [
@@ -686,9 +717,38 @@ mod tests {
             ],
         )
         .unwrap()
+        .found
         .into_iter()
         .map(|f| f.path)
         .collect();
         assert_eq!(some, ["lib", "lib/sub", "lib/sub/b"]);
+    }
+
+    #[test]
+    fn special_files_are_reported_and_unreadable_names_need_an_exclude() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("lib")).unwrap();
+        std::fs::write(p.join("lib/a"), "a").unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(p.join("lib/sock")).unwrap();
+        let w = walk(p, &[]).unwrap();
+        assert_eq!(w.skipped, ["lib/sock"]);
+        assert!(
+            walk(p, &[Filter::Exclude("sock".into())])
+                .unwrap()
+                .skipped
+                .is_empty()
+        );
+
+        let bad = p.join(std::ffi::OsStr::from_bytes(b"lib/bad\xffname"));
+        std::fs::write(&bad, "x").unwrap();
+        assert!(matches!(
+            walk(p, &[]),
+            Err(PackError::NonUtf8Path { path }) if path == bad
+        ));
+        let w = walk(p, &[Filter::Exclude("lib/bad*".into())]).unwrap();
+        let names: Vec<&str> = w.found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["lib", "lib/a"]);
     }
 }

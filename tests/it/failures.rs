@@ -208,3 +208,41 @@ fn a_pack_that_fails_midway_leaves_no_output_and_no_temp_file() {
     assert!(stderr(&err).contains("--dest-prefix"), "{}", stderr(&err));
     assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 1);
 }
+
+#[test]
+fn special_files_unreadable_names_and_empty_selections_in_a_prefix() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = Fixture::new();
+    let prefix = f.existing("special");
+    let _sock = std::os::unix::net::UnixListener::bind(prefix.join("sock")).unwrap();
+    let out = f.path().join("out.tar.gz");
+    let ok = run_ok(&mut pack_prefix(&prefix, &out, &[]));
+    assert!(
+        stderr(&ok).contains("left out (FIFOs, sockets and devices cannot be packed): sock"),
+        "{}",
+        stderr(&ok)
+    );
+
+    let bad = prefix.join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+    std::fs::write(&bad, "x").unwrap();
+    let other = f.path().join("other.tar.gz");
+    let err = run_err(&mut pack_prefix(&prefix, &other, &[]));
+    assert!(
+        stderr(&err).contains("is not valid UTF-8") && stderr(&err).contains("--exclude"),
+        "{}",
+        stderr(&err)
+    );
+    assert!(!other.exists());
+    run_ok(&mut pack_prefix(&prefix, &other, &["--exclude", "bad*"]));
+    assert!(other.is_file());
+
+    let none = f.path().join("none.tar.gz");
+    let err = run_err(&mut pack_prefix(&prefix, &none, &["--exclude", "*"]));
+    assert_eq!(err.status.code(), Some(2));
+    assert!(
+        stderr(&err).contains("leave no file of"),
+        "{}",
+        stderr(&err)
+    );
+    assert!(!none.exists());
+}
