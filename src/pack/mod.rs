@@ -443,7 +443,13 @@ pub fn plan(
             .collect()
     });
     reporter.on_stage_end(Stage::Scan);
-    let scanned = scanned.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut scanned = scanned.into_iter().collect::<Result<Vec<_>, _>>()?;
+    pip_records(
+        &mut scanned,
+        &records,
+        source_prefix.as_bytes(),
+        archive_prefix.as_bytes(),
+    )?;
     let mut plan = finish(
         prefix,
         source_prefix,
@@ -455,6 +461,159 @@ pub fn plan(
     );
     plan.packages = records.packages;
     Ok(plan)
+}
+
+/// pip's `RECORD` files hold the sha256 and size of every file pip installed, measured in the
+/// staging prefix: a console script's hash was taken while its shebang named the staging
+/// folder. The entries of the files envpack rewrites (shebangs, text holding the prefix) are
+/// recomputed from their bytes in the archive, so the archive does not depend on where it was
+/// staged. `RECORD`s conda installed are left as their packages shipped them.
+fn pip_records(
+    scanned: &mut [Scanned],
+    records: &walk::Records,
+    from: &[u8],
+    to: &[u8],
+) -> Result<(), PackError> {
+    let rewritten: std::collections::HashMap<String, usize> = scanned
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| match &s.member.body {
+            Body::File { transform, .. } => transform.mode.is_some() || transform.shebang.is_some(),
+            _ => false,
+        })
+        .map(|(i, s)| (s.member.path.clone(), i))
+        .collect();
+    if rewritten.is_empty() {
+        return Ok(());
+    }
+    for i in 0..scanned.len() {
+        let path = &scanned[i].member.path;
+        let Some(site) = pip_record_site(path) else {
+            continue;
+        };
+        if records.files.contains_key(path) {
+            continue;
+        }
+        let site = site.to_string();
+        let (text, executable) = match &scanned[i].member.body {
+            Body::File {
+                source,
+                transform,
+                executable,
+                ..
+            } => {
+                let mut out = Vec::new();
+                relocate::apply(open_buffered(source)?, &mut out, transform, from, to)?;
+                (out, *executable)
+            }
+            Body::Generated { data, executable } => (data.clone(), *executable),
+            _ => continue,
+        };
+        let Ok(text) = String::from_utf8(text) else {
+            continue;
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut changed = false;
+        for line in text.split_inclusive('\n') {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let end = &line[body.len()..];
+            let entry = record_entry(body)
+                .filter(|(_, hash, _)| !hash.is_empty())
+                .and_then(|(file, _, _)| rewritten.get(&record_target(&site, file)?));
+            match entry {
+                Some(&j) => {
+                    let (hash, size) = archived_digest(&scanned[j].member, from, to)?;
+                    let (file, _, _) = record_entry(body).unwrap_or_default();
+                    out.push_str(&format!("{file},sha256={hash},{size}{end}"));
+                    changed = true;
+                }
+                None => out.push_str(line),
+            }
+        }
+        if changed {
+            scanned[i].member.body = Body::Generated {
+                data: out.into_bytes(),
+                executable,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The `site-packages` folder of a pip `RECORD` (`<site>/<name>.dist-info/RECORD`).
+fn pip_record_site(path: &str) -> Option<&str> {
+    let info = path.strip_suffix("/RECORD")?;
+    let (site, name) = info.rsplit_once('/')?;
+    (name.ends_with(".dist-info") && site.ends_with("/site-packages")).then_some(site)
+}
+
+/// A `RECORD` line's path, hash and size (`path,sha256=...,size`); `None` for a quoted path.
+fn record_entry(line: &str) -> Option<(&str, &str, &str)> {
+    if line.starts_with('"') {
+        return None;
+    }
+    let (rest, size) = line.rsplit_once(',')?;
+    let (file, hash) = rest.rsplit_once(',')?;
+    Some((file, hash, size))
+}
+
+/// The environment path of a `RECORD` entry (relative to `site`, may climb out with `..`).
+fn record_target(site: &str, file: &str) -> Option<String> {
+    let mut parts: Vec<&str> = site.split('/').collect();
+    for c in file.split('/') {
+        match c {
+            ".." => {
+                parts.pop()?;
+            }
+            "." | "" => {}
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// sha256 (urlsafe base64, no padding, as pip writes it) and size of a member's bytes in the
+/// archive.
+fn archived_digest(member: &Member, from: &[u8], to: &[u8]) -> Result<(String, u64), PackError> {
+    use sha2::Digest;
+    struct Hashing(sha2::Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(sha2::Sha256::new());
+    let size = match &member.body {
+        Body::File {
+            source, transform, ..
+        } => relocate::apply(open_buffered(source)?, &mut h, transform, from, to)?,
+        Body::Generated { data, .. } => {
+            h.0.update(data);
+            data.len() as u64
+        }
+        _ => 0,
+    };
+    Ok((urlsafe_b64(&h.0.finalize()), size))
+}
+
+/// Base64 with the URL-safe alphabet and no padding.
+fn urlsafe_b64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (k, &b)| n | (u32::from(b) << (16 - 8 * k)));
+        for k in 0..=chunk.len() {
+            out.push(char::from(ABC[((n >> (18 - 6 * k)) & 63) as usize]));
+        }
+    }
+    out
 }
 
 /// The plan from its scanned members (in path order): what envpack generates added, parent
@@ -1083,6 +1242,34 @@ pub fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pip_record_hashes_are_urlsafe_base64_without_padding() {
+        use sha2::Digest;
+        // The digest pip writes for an empty file.
+        assert_eq!(
+            urlsafe_b64(&sha2::Sha256::digest(b"")),
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+        assert_eq!(urlsafe_b64(b"ab"), "YWI");
+        assert_eq!(urlsafe_b64(b"abcd"), "YWJjZA");
+        assert_eq!(
+            pip_record_site("lib/python3.11/site-packages/cowsay-6.1.dist-info/RECORD"),
+            Some("lib/python3.11/site-packages")
+        );
+        assert_eq!(
+            pip_record_site("lib/python3.11/site-packages/cowsay/RECORD"),
+            None
+        );
+        assert_eq!(
+            record_target("lib/python3.11/site-packages", "../../../bin/cowsay").as_deref(),
+            Some("bin/cowsay")
+        );
+        assert_eq!(
+            record_entry("a/b.py,sha256=x,3"),
+            Some(("a/b.py", "sha256=x", "3"))
+        );
+    }
 
     #[test]
     fn formats_follow_the_extension() {

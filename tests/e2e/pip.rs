@@ -35,11 +35,108 @@ pub fn cases() -> Vec<Case> {
             run: pip_replacing_a_conda_package_keeps_pips_version,
         },
         Case {
+            name: "pip::the_same_pip_environment_staged_in_two_folders_packs_to_the_same_bytes",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: the_same_pip_environment_staged_in_two_folders_packs_to_the_same_bytes,
+        },
+        Case {
             name: "pip::a_changed_pip_line_rebuilds_and_an_unchanged_one_is_up_to_date",
             needs: &[Needs::Channel, Needs::Servers],
             run: a_changed_pip_line_rebuilds_and_an_unchanged_one_is_up_to_date,
         },
     ]
+}
+
+/// Reproducibility with a `pip:` section: staged in two work folders (paths of different
+/// lengths), the archives are byte-identical, and every entry of pip's `RECORD` (the console
+/// script whose shebang envpack rewrote among them) holds the sha256 and size of the bytes
+/// packed.
+fn the_same_pip_environment_staged_in_two_folders_packs_to_the_same_bytes() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let env = pip_env(
+        dir.path(),
+        "repro",
+        &["python=3.11", "pip"],
+        &["cowsay==6.1"],
+        &servers.wheels(),
+    );
+    let pack = |work: &str, out: &str| -> std::path::PathBuf {
+        let out = dir.path().join(out);
+        run_ok(
+            envpack()
+                .arg("pack")
+                .arg(&env)
+                .arg("-o")
+                .arg(&out)
+                .args(["--mirror", &mirror_arg(), "-q"])
+                .arg("--work-dir")
+                .arg(dir.path().join(work)),
+        );
+        out
+    };
+    let a = pack("w", "a.tar.gz");
+    let b = pack("a-much-longer-work-folder", "b.tar.gz");
+    let t = dir.path().join("b");
+    support::extract(&b, &t);
+    let site = t.join("lib/python3.11/site-packages");
+    let record = support::read(site.join("cowsay-6.1.dist-info/RECORD"));
+    let mut checked = Vec::new();
+    for line in record.lines() {
+        let mut f = line.rsplitn(3, ',');
+        let (size, hash, file) = (f.next(), f.next(), f.next());
+        let (Some(size), Some(hash), Some(file)) = (size, hash, file) else {
+            return Err(format!("RECORD line {line:?}").into());
+        };
+        if hash.is_empty() {
+            continue;
+        }
+        let bytes = std::fs::read(site.join(file))?;
+        let want = format!(
+            "sha256={}",
+            urlsafe_b64(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        );
+        ensure(
+            hash == want && size == bytes.len().to_string(),
+            format!(
+                "RECORD says {file} is {hash},{size}; packed: {want},{}",
+                bytes.len()
+            ),
+        )?;
+        checked.push(file.to_string());
+    }
+    ensure(
+        checked.iter().any(|f| f.ends_with("/bin/cowsay")),
+        format!("RECORD does not list bin/cowsay: {checked:?}"),
+    )?;
+    ensure(
+        !support::contains(
+            &std::fs::read(t.join("bin/cowsay"))?,
+            dir.path().to_string_lossy().as_bytes(),
+        ),
+        "bin/cowsay still names the work folder",
+    )?;
+    let (sa, sb) = (support::sha256_file(&a), support::sha256_file(&b));
+    ensure(
+        sa == sb,
+        format!("two stagings packed to different bytes: {sa} and {sb}"),
+    )?;
+    Ok(())
+}
+
+/// Base64 with the URL-safe alphabet and no padding, as pip writes `RECORD` hashes.
+fn urlsafe_b64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = String::new();
+    for b in bytes {
+        bits.push_str(&format!("{b:08b}"));
+    }
+    while bits.len() % 6 != 0 {
+        bits.push('0');
+    }
+    (0..bits.len() / 6)
+        .map(|i| char::from(ABC[usize::from_str_radix(&bits[6 * i..6 * i + 6], 2).unwrap()]))
+        .collect()
 }
 
 /// Incremental packs with a `pip:` section: the same command again writes nothing (same bytes,
