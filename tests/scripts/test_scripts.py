@@ -815,6 +815,25 @@ def activate_sourced_from_bin_dir_bash(tmp):
 
 
 @test
+def deactivate_run_unsourced_says_how_to_source_it(tmp):
+    env = make_env(os.path.join(tmp, "e"))
+    script = os.path.join(env, "bin", "deactivate")
+    shells = [s for s in ("bash", "dash", "zsh") if shutil.which(s)]
+    for sh in shells:
+        r = run([sh, script], env={"CONDA_PREFIX": env})
+        assert r.returncode != 0 and "source " + script in r.stderr, (sh, r)
+    # Executed by path from a shell (the shebang-less script runs under that shell).
+    os.chmod(script, 0o755)
+    r = run(["sh", "-c", '"$1"', "sh", script], env={"CONDA_PREFIX": env})
+    assert r.returncode != 0 and "source it instead" in r.stderr, r
+    # Sourced: silent, and CONDA_PREFIX is gone.
+    for sh in shells:
+        r = run([sh, "-c", 'set -eu; . "$1"; echo "${CONDA_PREFIX:-unset}"', "sh", script],
+                env={"CONDA_PREFIX": env})
+        assert r.returncode == 0 and r.stdout == "unset\n" and r.stderr == "", (sh, r)
+
+
+@test
 def shellcheck(tmp):
     if not shutil.which("shellcheck"):
         raise Skip("shellcheck not installed")
