@@ -1103,8 +1103,8 @@ fn output_inside(prefix: &Path, output: &Path) -> Vec<pack::Filter> {
         }
     };
     vec![
-        pack::Filter::Exclude(join(&name)),
-        pack::Filter::Exclude(join(&format!(".{name}.*.partial"))),
+        pack::Filter::Omit(join(&name)),
+        pack::Filter::Omit(join(&format!(".{name}.*.partial"))),
     ]
 }
 

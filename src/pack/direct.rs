@@ -175,8 +175,8 @@ pub fn plan(
     let by_path: HashMap<&str, &Item> = items.iter().map(|i| (i.path.as_str(), i)).collect();
 
     // conda-pack's checks (nothing is missing: the tree is what the packages hold).
+    let mut warnings = walk::unmatched_excludes(&all, &options.filters);
     let found = walk::apply_filters(all, &options.filters);
-    let mut warnings = Vec::new();
     let editable = walk::editable_installs(&found, |p| match by_path.get(p) {
         Some(Item {
             what: What::File { source, .. },

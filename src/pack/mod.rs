@@ -408,6 +408,7 @@ pub fn plan(
     }
     let found = without_empty_clobber_dirs(walked.found);
     let mut warnings = check(&prefix, &found, &records, options)?;
+    warnings.extend(walked.unmatched);
     if !walked.skipped.is_empty() {
         warnings.push(Notice::warning(format!(
             "left out (FIFOs, sockets and devices cannot be packed): {}",

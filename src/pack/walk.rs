@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::PackError;
+use crate::report::Notice;
 
 /// What conda recorded about one managed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +180,9 @@ pub enum Filter {
     Include(String),
     /// Drop what matches.
     Exclude(String),
+    /// Drop what matches, without a word when nothing does (envpack's own output inside
+    /// the prefix it packs).
+    Omit(String),
 }
 
 /// What a walk found, and what it left out that no filter dropped: FIFOs, sockets and devices,
@@ -189,6 +193,8 @@ pub struct Walked {
     pub found: Vec<Found>,
     /// Special files left out, sorted.
     pub skipped: Vec<String>,
+    /// A warning for each `--exclude` that matched nothing.
+    pub unmatched: Vec<Notice>,
 }
 
 /// Walks `prefix`, sorted, never following symlinks. Entries that the filters drop are left
@@ -258,6 +264,7 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Walked, PackError> {
     out.sort_by(|a, b| a.path.cmp(&b.path));
     skipped.sort();
     Ok(Walked {
+        unmatched: unmatched_excludes(&out, filters),
         found: apply_filters(out, filters),
         skipped,
     })
@@ -293,6 +300,21 @@ pub(crate) fn parents(path: &str) -> Vec<String> {
     v
 }
 
+/// A warning for each `--exclude` that matches nothing in `all` (every entry of the tree):
+/// most likely a typo, and the file the user meant to leave out is packed.
+#[must_use]
+pub fn unmatched_excludes(all: &[Found], filters: &[Filter]) -> Vec<Notice> {
+    filters
+        .iter()
+        .filter_map(|f| match f {
+            Filter::Exclude(p) if !all.iter().any(|e| pattern_matches(p, &e.path)) => Some(
+                Notice::warning(format!("--exclude {p} matches nothing in the environment")),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether `path` survives the filters: each matching filter, in order, decides anew.
 #[must_use]
 pub fn included(path: &str, filters: &[Filter]) -> bool {
@@ -300,7 +322,7 @@ pub fn included(path: &str, filters: &[Filter]) -> bool {
     for f in filters {
         match f {
             Filter::Include(p) if pattern_matches(p, path) => keep = true,
-            Filter::Exclude(p) if pattern_matches(p, path) => keep = false,
+            Filter::Exclude(p) | Filter::Omit(p) if pattern_matches(p, path) => keep = false,
             _ => {}
         }
     }

@@ -280,6 +280,32 @@ fn include_and_exclude_apply_in_command_line_order() {
 }
 
 #[test]
+fn an_exclude_that_matches_nothing_warns() {
+    let f = Fixture::new();
+    let out = f.path().join("a.tar");
+    let o = f.pack(&out, &["--exclude", "shar/doc", "--exclude", "*.txt"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("--exclude shar/doc matches nothing in the environment"),
+        "{err}"
+    );
+    assert!(!err.contains("--exclude *.txt"), "{err}");
+    // The staged route and --prefix alike; the output written inside the prefix is left
+    // out without a word.
+    let prefix = f.existing("stage");
+    let o = run_ok(&mut pack_prefix(
+        &prefix,
+        &prefix.join("self.tar"),
+        &["--exclude", "no-such-thing"],
+    ));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--exclude no-such-thing matches nothing") && !err.contains("self.tar"),
+        "{err}"
+    );
+}
+
+#[test]
 fn editable_installs_are_an_error_naming_them_unless_ignored() {
     let f = Fixture::new();
     let prefix = f.existing("stage");
