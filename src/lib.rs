@@ -68,6 +68,9 @@ pub enum Report {
 /// Runs the whole job.
 pub fn run(settings: &Settings, reporter: &SharedReporter) -> Result<Report, Error> {
     let p = Pipeline::new(settings)?;
+    for n in &settings.notices {
+        reporter.on_notice(n);
+    }
     match &settings.input {
         Input::Prefix(prefix) => p.pack_prefix(prefix, reporter).map(Report::Environment),
         Input::EnvironmentFile(file) => p

@@ -286,6 +286,8 @@ pub enum Input {
 pub struct Settings {
     /// What to pack.
     pub input: Input,
+    /// What the user should know of how the input was read (reported before any work).
+    pub notices: Vec<crate::report::Notice>,
     /// Where to write; `None`: derived from the environment's name.
     pub output: Option<PathBuf>,
     /// Channel names to URLs.
@@ -374,6 +376,7 @@ impl Settings {
     ) -> Result<Settings, SettingsError> {
         check_versions(&req)?;
         let input = resolve_input(&req, cwd)?;
+        let notices = implicit_repository(&req, &input, cwd);
         let (output, model_output_name, format) = resolve_output(&req, &input, cwd)?;
         check_values(&req, format)?;
         let models = matches!(input, Input::Models { .. });
@@ -428,6 +431,7 @@ impl Settings {
         let parallel = req.parallel.unwrap_or_else(|| threads.min(4));
         Ok(Settings {
             input,
+            notices,
             output,
             channels,
             platform,
@@ -678,6 +682,33 @@ fn locate(path: &Path) -> Result<PathBuf, SettingsError> {
         return Ok(p);
     }
     Ok(spec::locate(path)?)
+}
+
+/// `envpack pack` with no PATH, in a folder with no environment file, packs the models found
+/// below it: say so, it is not what the command usually does.
+fn implicit_repository(req: &Request, input: &Input, cwd: &Path) -> Vec<crate::report::Notice> {
+    let Input::Models { models, .. } = input else {
+        return Vec::new();
+    };
+    let has_file = spec::FILE_NAMES
+        .iter()
+        .chain(lock::FILE_NAMES.iter())
+        .chain([&spec::REQUIREMENTS])
+        .any(|n| cwd.join(n).is_file());
+    if req.path.is_some() || req.file.is_some() || has_file {
+        return Vec::new();
+    }
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    vec![crate::report::Notice::note(format!(
+        "no environment file in {}: packing the {} found below it ({}); give an environment file or one model folder as PATH to pack only that",
+        cwd.display(),
+        if names.len() == 1 {
+            "model".to_string()
+        } else {
+            format!("{} models", names.len())
+        },
+        names.join(", ")
+    ))]
 }
 
 /// What PATH (and `--file`, `--prefix`, `--mlserver`) name.

@@ -86,6 +86,36 @@ fn the_template_layouts_find_the_environment_file_beside_the_models_folder() {
 }
 
 #[test]
+fn pack_without_path_in_a_folder_of_models_says_it_packs_them() {
+    let f = Fixture::new();
+    let project = f.path().join("project");
+    let models = project.join("src/models");
+    triton_model(&models.join("modelA"));
+    triton_model(&models.join("modelB"));
+    std::fs::create_dir_all(project.join(".git")).unwrap();
+    std::fs::copy(
+        f.path().join("environment.yml"),
+        project.join("src/environment.yml"),
+    )
+    .unwrap();
+    let mut c = envpack();
+    c.current_dir(&models)
+        .arg("pack")
+        .arg("--channel-alias")
+        .arg(format!("file://{}/channels/", f.path().display()))
+        .args(["--platform", "linux-64", "--no-check", "-q", "--dry-run"]);
+    let err = stderr(&run_ok(&mut c));
+    assert!(
+        err.contains("no environment file in ")
+            && err.contains("packing the 2 models found below it (modelA, modelB)"),
+        "{err}"
+    );
+    // Named explicitly, it is what the user asked for: no note.
+    let err = stderr(&run_ok(&mut pack_in(&f, &models, ".", &["--dry-run"])));
+    assert!(!err.contains("found below it"), "{err}");
+}
+
+#[test]
 fn a_requirements_file_is_an_environment_of_python_and_pip() {
     let f = Fixture::new();
     let project = f.path().join("reqs");
