@@ -409,10 +409,34 @@ fn report(e: &Error) -> ExitCode {
     }
 }
 
+/// The version of `envpack pack --json`'s document (README, "The --json document"): it
+/// changes when a field changes meaning or goes away; new fields may be added without a change.
+const PACK_JSON_VERSION: u32 = 1;
+
+/// `envpack pack --json`: one schema for an environment and for models, told apart by
+/// `kind` (`environment`: the summary's fields; `models`: the repository's).
+#[derive(serde::Serialize)]
+struct PackJson<'a, T: serde::Serialize> {
+    version: u32,
+    kind: &'static str,
+    #[serde(flatten)]
+    report: &'a T,
+}
+
+impl<'a, T: serde::Serialize> PackJson<'a, T> {
+    fn new(kind: &'static str, report: &'a T) -> Self {
+        Self {
+            version: PACK_JSON_VERSION,
+            kind,
+            report,
+        }
+    }
+}
+
 fn print_summary(s: &Summary, json: bool, quiet: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, s)?;
+        serde_json::to_writer_pretty(&mut out, &PackJson::new("environment", s))?;
         writeln!(out)
     } else if s.up_to_date {
         if quiet {
@@ -483,7 +507,7 @@ fn print_packages(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
 fn print_models(r: &ModelsReport, json: bool, quiet: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, r)?;
+        serde_json::to_writer_pretty(&mut out, &PackJson::new("models", r))?;
         return writeln!(out);
     }
     if quiet && !r.dry_run {

@@ -116,6 +116,47 @@ fn pack_without_path_in_a_folder_of_models_says_it_packs_them() {
 }
 
 #[test]
+fn pack_json_is_one_versioned_schema_for_an_environment_and_for_models() {
+    let f = Fixture::new();
+    let repo = f.path().join("repo");
+    triton_model(&repo.join("m"));
+    std::fs::copy(
+        f.path().join("environment.yml"),
+        repo.join("environment.yml"),
+    )
+    .unwrap();
+    let env = json(&run_ok(&mut pack_in(
+        &f,
+        f.path(),
+        "environment.yml",
+        &["--dry-run", "--json"],
+    )));
+    let models = json(&run_ok(&mut pack_in(
+        &f,
+        f.path(),
+        "repo",
+        &["--dry-run", "--json"],
+    )));
+    assert_eq!(env["version"], 1, "{env}");
+    assert_eq!(env["kind"], "environment", "{env}");
+    assert_eq!(models["version"], 1, "{models}");
+    assert_eq!(models["kind"], "models", "{models}");
+    // The fields both kinds share, and an environment's are those of each `environments[]`.
+    for doc in [&env, &models] {
+        for k in ["notices", "dry_run", "size"] {
+            assert!(doc.get(k).is_some(), "no {k} in {doc}");
+        }
+    }
+    let one = models["environments"][0].as_object().unwrap();
+    for k in env.as_object().unwrap().keys() {
+        assert!(
+            matches!(k.as_str(), "version" | "kind") || one.contains_key(k),
+            "{k} of an environment is not in a model run's environments[]: {models}"
+        );
+    }
+}
+
+#[test]
 fn a_requirements_file_is_an_environment_of_python_and_pip() {
     let f = Fixture::new();
     let project = f.path().join("reqs");
