@@ -545,6 +545,7 @@ impl<'a> Pipeline<'a> {
                     work,
                     &settings.pip_tool,
                     solved.pip_lock.is_some(),
+                    &settings.virtual_packages.glibc,
                     reporter,
                 )
             })?;

@@ -469,11 +469,13 @@ pub fn install_pip(
     work_dir: &Path,
     tool: &PipTool,
     require_hashes: bool,
+    target_glibc: &str,
     reporter: &SharedReporter,
 ) -> Result<(), InstallError> {
     reporter.on_stage_start(Stage::Pip, None);
     let requirements = write_requirements(lines, base_dir, work_dir)?;
     let python = prefix.join("bin/python");
+    let wheels_for = wheel_platform(&python, target_glibc, tool);
     let mut cmd = match tool {
         PipTool::Pip => {
             let mut c = Command::new(&python);
@@ -497,6 +499,17 @@ pub fn install_pip(
     if require_hashes {
         cmd.arg("--require-hashes");
     }
+    match &wheels_for {
+        WheelPlatform::Uv(platform) => {
+            cmd.arg("--python-platform").arg(platform);
+        }
+        WheelPlatform::Host { host, target } => {
+            reporter.on_notice(&Notice::warning(format!(
+                "pip picks wheels for this machine's glibc {host}, newer than the target's {target} (--glibc): a wheel built for a newer glibc than {target} will not load on the server; put uv on PATH (envpack then passes it --python-platform), or pack on a machine whose glibc is the target's"
+            )));
+        }
+        WheelPlatform::Same => {}
+    }
     cmd.arg("-r").arg(&requirements);
     run_pip(&mut cmd, base_dir)?;
     for replaced in forget_replaced_conda_packages(prefix)? {
@@ -506,6 +519,71 @@ pub fn install_pip(
     }
     reporter.on_stage_end(Stage::Pip);
     Ok(())
+}
+
+/// Which wheels the `pip:` section may pick, for a target glibc.
+#[derive(Debug, PartialEq, Eq)]
+enum WheelPlatform {
+    /// The build machine's glibc is not newer than the target's (or is unknown).
+    Same,
+    /// uv, told the target's platform (`x86_64-manylinux_2_X`, X at most the target's).
+    Uv(String),
+    /// pip, which can only pick for the build machine's glibc (its `--platform` needs
+    /// `--target`, which installs outside the environment's layout).
+    Host {
+        /// The build machine's glibc.
+        host: String,
+        /// The target's.
+        target: String,
+    },
+}
+
+/// The glibc the environment's Python runs with here (what pip and uv choose wheels by).
+fn host_glibc(python: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os; print(os.confstr('CS_GNU_LIBC_VERSION') or '')",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    parse_glibc(text.trim().strip_prefix("glibc ")?)
+}
+
+fn parse_glibc(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn wheel_platform(python: &Path, target: &str, tool: &PipTool) -> WheelPlatform {
+    match (host_glibc(python), parse_glibc(target)) {
+        (Some(host), Some(t)) if t < host => wheel_platform_for(host, t, tool),
+        _ => WheelPlatform::Same,
+    }
+}
+
+/// The manylinux tags uv knows (`--python-platform`), newest at most `target`.
+fn wheel_platform_for(host: (u32, u32), target: (u32, u32), tool: &PipTool) -> WheelPlatform {
+    let uv_tag = (target.0 == 2)
+        .then(|| {
+            (17..=40)
+                .rev()
+                .filter(|m| *m == 17 || *m == 28 || *m >= 31)
+                .find(|m| *m <= target.1)
+        })
+        .flatten();
+    match (tool, uv_tag) {
+        (PipTool::Uv(_), Some(m)) => {
+            WheelPlatform::Uv(format!("{}-manylinux_2_{m}", std::env::consts::ARCH))
+        }
+        _ => WheelPlatform::Host {
+            host: format!("{}.{}", host.0, host.1),
+            target: format!("{}.{}", target.0, target.1),
+        },
+    }
 }
 
 /// Writes the `pip:` lines as a requirements file in `work_dir`, paths made absolute.
@@ -809,6 +887,35 @@ fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pip_wheels_follow_the_target_glibc_with_uv_and_warn_with_pip() {
+        let uv = PipTool::Uv(PathBuf::from("uv"));
+        let arch = std::env::consts::ARCH;
+        assert_eq!(
+            wheel_platform_for((2, 36), (2, 34), &uv),
+            WheelPlatform::Uv(format!("{arch}-manylinux_2_34"))
+        );
+        // uv knows no 2_29/2_30: the newest it knows at most the target.
+        assert_eq!(
+            wheel_platform_for((2, 36), (2, 30), &uv),
+            WheelPlatform::Uv(format!("{arch}-manylinux_2_28"))
+        );
+        assert_eq!(
+            wheel_platform_for((2, 36), (2, 34), &PipTool::Pip),
+            WheelPlatform::Host {
+                host: "2.36".into(),
+                target: "2.34".into()
+            }
+        );
+        // Older than any manylinux tag: uv cannot be told either.
+        assert!(matches!(
+            wheel_platform_for((2, 36), (2, 12), &uv),
+            WheelPlatform::Host { .. }
+        ));
+        assert_eq!(parse_glibc("2.34"), Some((2, 34)));
+        assert_eq!(parse_glibc("abc"), None);
+    }
 
     #[test]
     fn requirement_paths_are_anchored_at_the_environment_file() {

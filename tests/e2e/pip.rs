@@ -25,6 +25,11 @@ pub fn cases() -> Vec<Case> {
             run: a_requirements_file_beside_the_models_is_packed_for_a_model,
         },
         Case {
+            name: "pip::pip_wheels_follow_glibc_with_uv_and_pip_warns",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: pip_wheels_follow_glibc_with_uv_and_pip_warns,
+        },
+        Case {
             name: "pip::uv_on_path_installs_the_pip_section",
             needs: &[Needs::Channel, Needs::Servers],
             run: uv_on_path_installs_the_pip_section,
@@ -368,6 +373,107 @@ fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
 /// With `uv` on PATH the `pip:` section is installed by `uv pip` (it leaves `uv` in the
 /// distribution's INSTALLER), with the same result: the console script runs from the
 /// extracted environment.
+/// Writes two wheels of `glibcprobe` into `dir` (Python's `zipfile`): 1.0 for any platform,
+/// 2.0 only for `manylinux_2_<minor>_x86_64`.
+fn probe_wheels(dir: &Path, minor: u32) -> Result<(), Failed> {
+    let script = r#"
+import sys, zipfile
+d, minor = sys.argv[1], sys.argv[2]
+for version, tag in (("1.0", "py3-none-any"), ("2.0", "py3-none-manylinux_2_%s_x86_64" % minor)):
+    info = "glibcprobe-%s.dist-info" % version
+    with zipfile.ZipFile("%s/glibcprobe-%s-%s.whl" % (d, version, tag), "w") as z:
+        z.writestr("glibcprobe.py", "VERSION = %r\n" % version)
+        z.writestr(info + "/METADATA", "Metadata-Version: 2.1\nName: glibcprobe\nVersion: %s\n" % version)
+        z.writestr(info + "/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: %s\n" % tag)
+        z.writestr(info + "/RECORD", "")
+"#;
+    run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(dir)
+            .arg(minor.to_string()),
+    );
+    Ok(())
+}
+
+/// The glibc of this machine (`getconf GNU_LIBC_VERSION`), as its minor version.
+fn host_glibc_minor() -> Option<u32> {
+    let out = Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("glibc 2.")?
+        .parse()
+        .ok()
+}
+
+/// `--glibc` lower than this machine's: uv installs the wheel for the target (the 1.0 for any
+/// platform, not the 2.0 for this machine's glibc only); pip cannot, and says so.
+fn pip_wheels_follow_glibc_with_uv_and_pip_warns() -> Result<(), Failed> {
+    let servers = ServersDir::from_env()?;
+    let host = host_glibc_minor().ok_or("cannot tell this machine's glibc")?;
+    ensure(
+        host >= 29,
+        format!("glibc 2.{host}: too old for this trial"),
+    )?;
+    let uv_bin = servers.root.join("uv/bin");
+    let dir = tempfile::tempdir()?;
+    let wheels = dir.path().join("wheels");
+    std::fs::create_dir(&wheels)?;
+    probe_wheels(&wheels, host)?;
+    let env = pip_env(
+        dir.path(),
+        "glibc",
+        &["python=3.11", "pip"],
+        &["glibcprobe"],
+        &wheels,
+    );
+    let uv_path = std::env::join_paths(std::iter::once(uv_bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let version_packed = |out: &Path| -> Result<String, Failed> {
+        let x = dir.path().join(out.file_stem().unwrap_or_default());
+        support::extract(out, &x);
+        Ok(support::read(
+            x.join("lib/python3.11/site-packages/glibcprobe.py"),
+        ))
+    };
+    let target = format!("2.{}", host - 1);
+    let pack = |name: &str, glibc: &str, path: Option<&std::ffi::OsStr>| {
+        let out = dir.path().join(name);
+        let mut c = envpack();
+        c.arg("pack").arg(&env).arg("-o").arg(&out).args([
+            "--mirror",
+            &mirror_arg(),
+            "-q",
+            "--glibc",
+            glibc,
+        ]);
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        (run_ok(&mut c), out)
+    };
+    let (_, lower) = pack("uv-lower.tar.gz", &target, Some(&uv_path));
+    let v = version_packed(&lower)?;
+    ensure(v.contains("1.0"), format!("uv, --glibc {target}: {v}"))?;
+    let (_, same) = pack("uv-same.tar.gz", &format!("2.{host}"), Some(&uv_path));
+    let v = version_packed(&same)?;
+    ensure(v.contains("2.0"), format!("uv, --glibc 2.{host}: {v}"))?;
+    let (o, _) = pack("pip-lower.tar.gz", &target, None);
+    let err = support::stderr(&o);
+    ensure(
+        err.contains(&format!(
+            "pip picks wheels for this machine's glibc 2.{host}, newer than the target's {target}"
+        )),
+        format!("pip, --glibc {target}: no warning in {err}"),
+    )?;
+    Ok(())
+}
+
 fn uv_on_path_installs_the_pip_section() -> Result<(), Failed> {
     let servers = ServersDir::from_env()?;
     let uv_bin = servers.root.join("uv/bin");
