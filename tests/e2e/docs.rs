@@ -17,6 +17,11 @@ pub fn cases() -> Vec<Case> {
             run: readme_first_command_packs_the_demo,
         },
         Case {
+            name: "docs::readme_mlserver_model_finds_the_environment_file_above_it",
+            needs: &[Needs::Channel],
+            run: readme_mlserver_model_finds_the_environment_file_above_it,
+        },
+        Case {
             name: "docs::dockerfile_envpack_lines_run",
             needs: &[Needs::Channel, Needs::Servers],
             run: dockerfile_envpack_lines_run,
@@ -163,6 +168,33 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
                 .into());
             }
         }
+    }
+    Ok(())
+}
+
+/// The README's MLServer model example, `envpack pack testdata/mlserver/models/double`, from
+/// the checkout (dry run, the test channel): an MLServer model whose environment file is the
+/// one beside its models folder, as in the MLServer template.
+fn readme_mlserver_model_finds_the_environment_file_above_it() -> Result<(), Failed> {
+    let mirror = format!("conda-forge={}", crate::test_channel()?.display());
+    let out = run_ok(
+        envpack()
+            .args([
+                "pack",
+                "testdata/mlserver/models/double",
+                "--dry-run",
+                "--json",
+            ])
+            .args(["--mirror", &mirror, "-q"])
+            .current_dir(repo()),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let m = &report["models"][0];
+    let env = repo()
+        .canonicalize()?
+        .join("testdata/mlserver/environment.yml");
+    if m["server"] != "mlserver" || Path::new(m["environment_file"].as_str().unwrap_or("")) != env {
+        return Err(format!("not the MLServer model of {}: {report}", env.display()).into());
     }
     Ok(())
 }

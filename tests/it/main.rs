@@ -36,6 +36,7 @@ mod support;
 mod channels;
 mod conda_pack;
 mod determinism;
+mod docs;
 mod failures;
 mod incremental;
 mod inspect;
