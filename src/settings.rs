@@ -369,6 +369,7 @@ impl Settings {
     }
 
     /// Resolves a request against the environment (`env` reads variables) and `cwd`.
+    #[allow(clippy::too_many_lines)] // one field per flag
     pub fn resolve(
         req: Request,
         env: &dyn Fn(&str) -> Option<String>,

@@ -462,6 +462,7 @@ pub fn check_pip_platform(platform: Subdir) -> Result<(), InstallError> {
 
 /// Installs the `pip:` lines into `prefix`, as conda does: they become a requirements file,
 /// run from the environment file's folder (`base_dir`) so relative paths mean what they say.
+#[allow(clippy::too_many_arguments)] // what the pip: section needs, each its own
 pub fn install_pip(
     prefix: &Path,
     lines: &[String],

@@ -523,9 +523,10 @@ fn pip_records(
                 .and_then(|(file, _, _)| rewritten.get(&record_target(&site, file)?));
             match entry {
                 Some(&j) => {
-                    let (hash, size) = archived_digest(&scanned[j].member, from, to)?;
+                    use std::fmt::Write as _;
+                    let (digest, bytes) = archived_digest(&scanned[j].member, from, to)?;
                     let (file, _, _) = record_entry(body).unwrap_or_default();
-                    out.push_str(&format!("{file},sha256={hash},{size}{end}"));
+                    let _ = write!(out, "{file},sha256={digest},{bytes}{end}");
                     changed = true;
                 }
                 None => out.push_str(line),

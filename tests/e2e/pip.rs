@@ -84,19 +84,18 @@ fn the_same_pip_environment_staged_in_two_folders_packs_to_the_same_bytes() -> R
     let b = pack("a-much-longer-work-folder", "b.tar.gz");
     let t = dir.path().join("b");
     support::extract(&b, &t);
-    let site = t.join("lib/python3.11/site-packages");
-    let record = support::read(site.join("cowsay-6.1.dist-info/RECORD"));
+    let sp = t.join("lib/python3.11/site-packages");
+    let record = support::read(sp.join("cowsay-6.1.dist-info/RECORD"));
     let mut checked = Vec::new();
     for line in record.lines() {
         let mut f = line.rsplitn(3, ',');
-        let (size, hash, file) = (f.next(), f.next(), f.next());
-        let (Some(size), Some(hash), Some(file)) = (size, hash, file) else {
+        let (Some(size), Some(hash), Some(file)) = (f.next(), f.next(), f.next()) else {
             return Err(format!("RECORD line {line:?}").into());
         };
         if hash.is_empty() {
             continue;
         }
-        let bytes = std::fs::read(site.join(file))?;
+        let bytes = std::fs::read(sp.join(file))?;
         let want = format!(
             "sha256={}",
             urlsafe_b64(&<sha2::Sha256 as sha2::Digest>::digest(&bytes))
@@ -132,11 +131,12 @@ fn the_same_pip_environment_staged_in_two_folders_packs_to_the_same_bytes() -> R
 /// Base64 with the URL-safe alphabet and no padding, as pip writes `RECORD` hashes.
 fn urlsafe_b64(bytes: &[u8]) -> String {
     const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = String::new();
-    for b in bytes {
-        bits.push_str(&format!("{b:08b}"));
-    }
-    while bits.len() % 6 != 0 {
+    let mut bits = bytes.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:08b}");
+        s
+    });
+    while !bits.len().is_multiple_of(6) {
         bits.push('0');
     }
     (0..bits.len() / 6)
@@ -375,7 +375,7 @@ fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
 /// extracted environment.
 /// Writes two wheels of `glibcprobe` into `dir` (Python's `zipfile`): 1.0 for any platform,
 /// 2.0 only for `manylinux_2_<minor>_x86_64`.
-fn probe_wheels(dir: &Path, minor: u32) -> Result<(), Failed> {
+fn probe_wheels(dir: &Path, minor: u32) {
     let script = r#"
 import sys, zipfile
 d, minor = sys.argv[1], sys.argv[2]
@@ -394,7 +394,6 @@ for version, tag in (("1.0", "py3-none-any"), ("2.0", "py3-none-manylinux_2_%s_x
             .arg(dir)
             .arg(minor.to_string()),
     );
-    Ok(())
 }
 
 /// The glibc of this machine (`getconf GNU_LIBC_VERSION`), as its minor version.
@@ -423,7 +422,7 @@ fn pip_wheels_follow_glibc_with_uv_and_pip_warns() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let wheels = dir.path().join("wheels");
     std::fs::create_dir(&wheels)?;
-    probe_wheels(&wheels, host)?;
+    probe_wheels(&wheels, host);
     let env = pip_env(
         dir.path(),
         "glibc",
