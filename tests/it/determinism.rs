@@ -137,17 +137,17 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar",
         &[],
-        "d9cf0494f4d29838ec9d00a6dcd2ca288a7aa0acd3fe74fc538a52ed5feb9d16",
+        "192d109e7bcebbecf5ee4126fab43b7744920832a51372b343118bed1e95b1e9",
     ),
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "348cc0ed8289e2dae9e2e0c1b50e9a780a89657ab5498ad1bc211db97b299b72",
+        "3b593d8d4f8cc7d682e502373efcc2687ef12c85478db71e3a414d97e149c04a",
     ),
     (
         "env.tar.zst",
         &["--compress-level", "3"],
-        "5761d2f12daf3c3b627628420588ce06637a519980918ec9945d170230f85342",
+        "9cd591f7ec5a6bb38bb0ea5ef45dd8207265f860262c6dd87f579f8e2b0729cd",
     ),
 ];
 
