@@ -723,6 +723,7 @@ impl<'a> Pipeline<'a> {
         options.format = format;
         options.url_rewrites.clone_from(&solved.rewrites);
         options.variables.clone_from(&solved.env.variables);
+        options.record_link_type = Some(install::LINK_TYPE);
         options
     }
 

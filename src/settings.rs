@@ -457,6 +457,7 @@ impl Settings {
                 variables: Vec::new(),
                 mtime,
                 manifest: None,
+                record_link_type: None,
             },
             model_file: if models {
                 req.file.map(|f| cwd.join(f))

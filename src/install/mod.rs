@@ -206,7 +206,8 @@ pub enum InstallError {
     Io(#[from] std::io::Error),
 }
 
-/// How the installer links files into a staging prefix, as its `conda-meta` records say.
+/// The link type an archive's `conda-meta` records state: its files are copies, however the
+/// staging prefix was linked (hard links from the package cache where the file systems allow).
 pub const LINK_TYPE: rattler_conda_types::prefix_record::LinkType =
     rattler_conda_types::prefix_record::LinkType::Copy;
 
@@ -246,7 +247,11 @@ pub async fn install_conda(
         .with_target_platform(platform)
         .with_execute_link_scripts(false)
         .with_link_options(LinkOptions {
-            allow_hard_links: Some(false),
+            // Where the cache and the staging prefix share a file system, files the
+            // installer does not rewrite are hard links into the cache: nothing in the staged
+            // route writes into an existing file (pip unlinks before it writes; envpack
+            // rewrites files only into the archive), so the cache stays as it was.
+            allow_hard_links: None,
             allow_symbolic_links: Some(true),
             allow_ref_links: Some(true),
         })
@@ -805,6 +810,8 @@ pub fn unmark_requested(prefix: &Path, packages: &[(String, String)]) -> Result<
                     .split_inclusive('\n')
                     .filter(|l| !l.starts_with(&line))
                     .collect();
+                // A new file, never a write into one the prefix may share with the cache.
+                fs_err::remove_file(&record)?;
                 fs_err::write(&record, kept)?;
             }
         }

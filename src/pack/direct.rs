@@ -404,11 +404,17 @@ fn member_for(
     let (from, to) = (stand_in.as_bytes(), archive_prefix.as_bytes());
     match &item.what {
         What::Record(raw) => {
-            let data = relocate::scrub_record(raw, &options.url_rewrites, stand_in, archive_prefix)
-                .map_err(|source| PackError::Record {
-                    path: PathBuf::from(&path),
-                    source,
-                })?;
+            let data = relocate::scrub_record(
+                raw,
+                &options.url_rewrites,
+                options.record_link_type,
+                stand_in,
+                archive_prefix,
+            )
+            .map_err(|source| PackError::Record {
+                path: PathBuf::from(&path),
+                source,
+            })?;
             Ok(Ok(Scanned::plain(Member {
                 path,
                 body: Body::Generated {

@@ -231,6 +231,10 @@ pub struct PackOptions {
     pub mtime: u64,
     /// The manifest, written as the first member.
     pub manifest: Option<crate::manifest::Manifest>,
+    /// The link type the archive's `conda-meta` records state, whatever linked the prefix:
+    /// the staged route hard-links from the package cache, and its archive holds copies,
+    /// as the package-cache route's does. `None` keeps what the records say (`--prefix`).
+    pub record_link_type: Option<rattler_conda_types::prefix_record::LinkType>,
 }
 
 impl PackOptions {
@@ -271,6 +275,7 @@ impl Default for PackOptions {
             variables: Vec::new(),
             mtime: archive::MTIME,
             manifest: None,
+            record_link_type: None,
         }
     }
 }
@@ -908,6 +913,7 @@ fn member_for(
             let data = relocate::scrub_record(
                 &raw,
                 &options.url_rewrites,
+                options.record_link_type,
                 &String::from_utf8_lossy(from),
                 &String::from_utf8_lossy(to),
             )

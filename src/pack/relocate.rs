@@ -369,6 +369,7 @@ pub fn python_trampoline(exe: &str, args: &str) -> String {
 pub fn scrub_record(
     json: &[u8],
     rewrites: &UrlRewrites,
+    link_type: Option<rattler_conda_types::prefix_record::LinkType>,
     from: &str,
     to: &str,
 ) -> Result<Vec<u8>, serde_json::Error> {
@@ -383,6 +384,9 @@ pub fn scrub_record(
             && link.contains_key("source")
         {
             link.insert("source".into(), serde_json::Value::String(String::new()));
+            if let Some(t) = link_type {
+                link.insert("type".into(), serde_json::json!(t as u8));
+            }
         }
         // What the installer measured in the staging prefix depends on its path; the files
         // change again whenever the environment moves.
@@ -632,16 +636,15 @@ mod tests {
     #[test]
     fn records_are_scrubbed() {
         let rec = br#"{"name":"numpy","url":"file:///srv/cf/linux-64/numpy.conda","channel":"file:///srv/cf","extracted_package_dir":"/home/builder/.cache/rattler/pkgs/numpy","package_tarball_full_path":"/home/builder/.cache/x.conda","link":{"source":"/home/builder/.cache/rattler/pkgs/numpy","type":1},"requested_spec":"/stage/env","paths_data":{"paths":[{"_path":"bin/x","prefix_placeholder":"/ph","sha256_in_prefix":"ab","size_in_bytes":7},{"_path":"lib/y","size_in_bytes":3}]}}"#;
-        let out = scrub_record(
-            rec,
-            &UrlRewrites::from_pairs(vec![(
-                "file:///srv/cf".into(),
-                "https://conda.anaconda.org/conda-forge".into(),
-            )]),
-            "/stage/env",
-            "/A",
-        )
-        .unwrap();
+        let rewrites = UrlRewrites::from_pairs(vec![(
+            "file:///srv/cf".into(),
+            "https://conda.anaconda.org/conda-forge".into(),
+        )]);
+        let out = scrub_record(rec, &rewrites, None, "/stage/env", "/A").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["link"]["type"], 1, "kept as the record says");
+        let copy = Some(rattler_conda_types::prefix_record::LinkType::Copy);
+        let out = scrub_record(rec, &rewrites, copy, "/stage/env", "/A").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("/home/builder/"), "{text}");
         assert!(!text.contains("/srv/"), "{text}");
@@ -651,7 +654,10 @@ mod tests {
             v["url"],
             "https://conda.anaconda.org/conda-forge/linux-64/numpy.conda"
         );
-        assert_eq!(v["link"]["type"], 1);
+        assert_eq!(
+            v["link"]["type"], 3,
+            "a hard link from the cache is a copy in the archive"
+        );
         assert_eq!(v["link"]["source"], "");
         assert!(
             v["paths_data"]["paths"][0]

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use libtest_mimic::Failed;
+use serde_json::Value;
 
 use crate::servers::ServersDir;
 use crate::support::{self, ensure, envpack, run_ok};
@@ -367,7 +368,46 @@ fn pip_replacing_a_conda_package_keeps_pips_version() -> Result<(), Failed> {
         String::from_utf8_lossy(&out.stdout).trim() == "2.4.6",
         format!("numpy {}", String::from_utf8_lossy(&out.stdout)),
     )?;
-    Ok(())
+    // The staging prefix was hard-linked from the package cache, and pip removed conda's
+    // numpy from it and wrote its own: the cache still holds the packages' bytes.
+    cache_is_pristine(&["numpy-1.26.4-", "python-3.11.2-", "pip-"])
+}
+
+/// Every file of the cached packages whose folder names start with one of `names` has the
+/// sha256 its package's `info/paths.json` records.
+fn cache_is_pristine(names: &[&str]) -> Result<(), Failed> {
+    let pkgs = support::cache_dir().join("pkgs");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&pkgs)? {
+        let dir = e?.path();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !dir.is_dir() || !names.iter().any(|n| name.starts_with(n)) {
+            continue;
+        }
+        let paths: Value = serde_json::from_slice(&std::fs::read(dir.join("info/paths.json"))?)?;
+        for p in paths["paths"].as_array().into_iter().flatten() {
+            let (Some(rel), Some(sha)) = (p["_path"].as_str(), p["sha256"].as_str()) else {
+                continue;
+            };
+            if p["path_type"] != "hardlink" {
+                continue;
+            }
+            let got = support::sha256_file(&dir.join(rel));
+            ensure(
+                got == sha,
+                format!("{name}/{rel} changed in the package cache"),
+            )?;
+            checked += 1;
+        }
+    }
+    ensure(
+        checked > 0,
+        format!("no cached package named {names:?} in {}", pkgs.display()),
+    )
 }
 
 /// With `uv` on PATH the `pip:` section is installed by `uv pip` (it leaves `uv` in the
@@ -518,7 +558,8 @@ fn uv_on_path_installs_the_pip_section() -> Result<(), Failed> {
         String::from_utf8_lossy(&out.stdout).contains("moo"),
         "cowsay did not speak",
     )?;
-    Ok(())
+    // uv wrote into a staging prefix hard-linked from the package cache: the cache is intact.
+    cache_is_pristine(&["python-3.11.2-", "pip-"])
 }
 
 /// The templates' other layout: a `requirements.txt` at the project root, no environment file.

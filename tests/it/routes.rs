@@ -122,3 +122,54 @@ fn clobbered_paths_take_the_staged_route_and_give_its_archive() {
     assert_eq!(pack(&b, &["--via-prefix"]), "staging-prefix");
     assert_same_bytes(&a, &b);
 }
+
+#[test]
+fn the_staging_prefix_hard_links_from_the_package_cache_and_leaves_it_as_it_was() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    f.env_file(&["python", "tool", "greet"]);
+    let cache = f.path().join("cache");
+    let work = f.path().join("work");
+    let out = f.path().join("staged.tar.gz");
+    run_ok(
+        f.pack_cmd(&out)
+            .env("ENVPACK_CACHE_DIR", &cache)
+            .args(["--via-prefix", "--keep-work", "--work-dir"])
+            .arg(&work),
+    );
+    let before = support::digests(&cache);
+    let prefix = support::kept_work_folder(&work).join("env");
+    let linked: Vec<String> = support::tree(&prefix)
+        .into_iter()
+        .filter(|e| {
+            let m = std::fs::symlink_metadata(prefix.join(&e.rel)).unwrap();
+            m.is_file() && m.nlink() > 1
+        })
+        .map(|e| e.rel)
+        .collect();
+    assert!(
+        !linked.is_empty(),
+        "no file of the staging prefix is a hard link into the cache"
+    );
+    // The records in the archive say what its files are: copies.
+    let dir = tempfile::tempdir().unwrap();
+    support::extract(&out, dir.path());
+    for e in std::fs::read_dir(dir.path().join("conda-meta")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") && !p.ends_with("envpack.json") {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            assert_eq!(v["link"]["type"], 3, "{}", p.display());
+        }
+    }
+    // Packing again from the linked prefix's cache leaves the cache as it was.
+    run_ok(
+        f.pack_cmd(&f.path().join("again.tar.gz"))
+            .env("ENVPACK_CACHE_DIR", &cache)
+            .arg("--via-prefix"),
+    );
+    assert_eq!(
+        support::digests(&cache),
+        before,
+        "the package cache changed"
+    );
+}
