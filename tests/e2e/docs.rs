@@ -6,7 +6,7 @@ use std::process::Command;
 
 use libtest_mimic::Failed;
 
-use crate::support::{envpack, run_ok};
+use crate::support::{self, ensure, envpack, run_ok};
 use crate::{Case, Needs};
 
 pub fn cases() -> Vec<Case> {
@@ -120,18 +120,17 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
             std::fs::copy(&src, &dest)?;
         }
     }
-    // The stub step (a download from PyPI): the same file, from the installed servers.
+    // The stub step: the Dockerfile's own loop, run on the installed servers' copy of the
+    // nvidia-pytriton wheel (where the image downloads and unzips it from PyPI).
     let servers = crate::servers::ServersDir::from_env()?;
-    let text = std::fs::read_to_string(repo().join("Dockerfile.example"))?;
-    if text.contains("python_backend_stubs/3.11/triton_python_backend_stub") {
-        for model in std::fs::read_dir(build.path().join("models"))? {
-            let model = model?.path();
-            std::fs::copy(
-                servers.triton_stub_for("3.11"),
-                model.join("triton_python_backend_stub"),
-            )?;
-        }
-    }
+    let stub_loop = dockerfile_stub_loop()?;
+    let wheel = servers.root.join("triton");
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(stub_loop.replace("/tmp/pytriton", &wheel.to_string_lossy()))
+            .current_dir(build.path()),
+    );
     let mirrors = format!("conda-forge=file://{}", crate::test_channel()?.display());
     for args in &runs {
         run_ok(
@@ -150,6 +149,7 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
             run_ok(Command::new("tar").arg("-tzf").arg(&o));
         }
     }
+    stubs_load_as_the_image_loads_them(build.path())?;
     // The repository line packed each Triton model and pointed its config at the tarball.
     for model in std::fs::read_dir(build.path().join("models"))? {
         let model = model?.path();
@@ -170,6 +170,72 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// The `for m in models/*/; do ... done` loop of the Dockerfile's stub step, as one line.
+fn dockerfile_stub_loop() -> Result<String, Failed> {
+    let text = std::fs::read_to_string(repo().join("Dockerfile.example"))?;
+    let joined = text.replace("\\\n", " ");
+    let start = joined
+        .find("for m in models/*/; do")
+        .ok_or("Dockerfile.example has no stub loop (`for m in models/*/; do`)")?;
+    let end = joined[start..]
+        .find("done")
+        .ok_or("the stub loop has no `done`")?;
+    Ok(joined[start..start + end + 4].to_string())
+}
+
+/// Each Triton model's stub, with the models folder moved elsewhere (as `COPY --from=pack`
+/// does), resolves every library the way the image runs it: no `LD_LIBRARY_PATH` but the
+/// extracted environment's `lib` (which the python backend adds), the CUDA runtime from the
+/// model folder, libpython from the environment.
+fn stubs_load_as_the_image_loads_them(build: &Path) -> Result<(), Failed> {
+    let moved = tempfile::tempdir()?;
+    let models = moved.path().join("models");
+    copy_dir(&build.join("models"), &models)?;
+    let mut checked = 0;
+    for model in std::fs::read_dir(&models)? {
+        let model = model?.path();
+        let stub = model.join("triton_python_backend_stub");
+        if !model.join("config.pbtxt").is_file() || !stub.is_file() {
+            continue;
+        }
+        let config = std::fs::read_to_string(model.join("config.pbtxt"))?;
+        let tarball = config
+            .split('"')
+            .find_map(|v| v.strip_prefix("$$TRITON_MODEL_DIRECTORY/"))
+            .map(|rel| model.join(rel))
+            .ok_or_else(|| format!("{}: no EXECUTION_ENV_PATH", model.display()))?;
+        let env = moved.path().join(format!("env-{checked}"));
+        support::extract(&tarball, &env);
+        let out = run_ok(
+            Command::new("ldd")
+                .arg(&stub)
+                .env_clear()
+                .env("LD_LIBRARY_PATH", env.join("lib")),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = |lib: &str| {
+            text.lines()
+                .find(|l| l.contains(lib))
+                .unwrap_or_default()
+                .to_string()
+        };
+        ensure(
+            !text.contains("not found"),
+            format!("{}:\n{text}", stub.display()),
+        )?;
+        ensure(
+            line("libcudart").contains(&model.to_string_lossy().into_owned()),
+            format!("libcudart not from the model folder:\n{text}"),
+        )?;
+        ensure(
+            line("libpython3.11").contains(&env.to_string_lossy().into_owned()),
+            format!("libpython not from the environment:\n{text}"),
+        )?;
+        checked += 1;
+    }
+    ensure(checked > 0, "no Triton model with a stub was checked")
 }
 
 /// The README's MLServer model example, `envpack pack testdata/mlserver/models/double`, from
