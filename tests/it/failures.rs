@@ -113,6 +113,7 @@ fn an_interrupted_pack_leaves_no_partial_output() {
         .arg("-o")
         .arg(out_dir.join("env.tar.gz"))
         .args(["--compress-level", "9", "-j", "1", "-q"])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let partial = || {
@@ -131,8 +132,14 @@ fn an_interrupted_pack_leaves_no_partial_output() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     run_ok(Command::new("kill").arg("-INT").arg(child.id().to_string()));
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{:?}", out.status);
+    // Said on the pack's stderr (captured: `cargo test` prints nothing stray).
+    assert!(
+        stderr(&out).contains("interrupted: temporary files removed"),
+        "{}",
+        stderr(&out)
+    );
     let left: Vec<_> = std::fs::read_dir(&out_dir)
         .unwrap()
         .filter_map(Result::ok)
