@@ -320,7 +320,7 @@ fn write_member(w: &mut impl Write, plan: &PackPlan, m: &Member) -> io::Result<(
                 BufReader::with_capacity(256 * 1024, file),
                 &mut limited,
                 transform,
-                plan.source_prefix.as_bytes(),
+                &plan.needles,
                 plan.archive_prefix.as_bytes(),
             )?;
             if n != *size {
@@ -400,7 +400,7 @@ pub fn write_dir(
                     BufReader::new(File::open(source).map_err(io_err)?),
                     &mut w,
                     transform,
-                    plan.source_prefix.as_bytes(),
+                    &plan.needles,
                     plan.archive_prefix.as_bytes(),
                 )
                 .map_err(io_err)?;

@@ -234,7 +234,7 @@ pub fn plan(
     }
     let mut plan = super::finish(
         PathBuf::new(),
-        stand_in,
+        relocate::Needles::one(stand_in.as_bytes()),
         archive_prefix,
         members,
         warnings,
@@ -401,14 +401,17 @@ fn member_for(
     direct: &DirectOptions,
 ) -> Outcome<Scanned> {
     let path = item.path.clone();
-    let (from, to) = (stand_in.as_bytes(), archive_prefix.as_bytes());
+    // Only the stand-in: files from the cache hold their package's placeholder, never
+    // envpack's, and are decided exactly as the staged route decides them.
+    let from = &relocate::Needles::one(stand_in.as_bytes());
+    let to = archive_prefix.as_bytes();
     match &item.what {
         What::Record(raw) => {
             let data = relocate::scrub_record(
                 raw,
                 &options.url_rewrites,
                 options.record_link_type,
-                stand_in,
+                from,
                 archive_prefix,
             )
             .map_err(|source| PackError::Record {
@@ -446,6 +449,7 @@ fn member_for(
                 executable: true,
                 managed: Some(&managed),
                 scan: &scan,
+                previous_room: None,
             };
             Ok(Ok(decide(
                 facts,
@@ -483,7 +487,7 @@ fn member_for(
             let file = fs_err::File::open(source)?;
             let scan = relocate::scan_with(
                 std::io::BufReader::with_capacity(256 * 1024, file),
-                placeholder.as_bytes(),
+                &relocate::Needles::one(placeholder.as_bytes()),
                 &wide,
             )?;
             if let Some(reason) = unsupported(&path, placeholder, *mode, &scan, direct) {
@@ -499,6 +503,7 @@ fn member_for(
                 executable: meta.permissions().mode() & 0o111 != 0,
                 managed: Some(&managed),
                 scan: &scan,
+                previous_room: None,
             };
             Ok(Ok(decide(
                 facts,

@@ -13,7 +13,7 @@ pub mod relocate;
 pub mod scripts;
 pub mod walk;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::channels::UrlRewrites;
 use crate::report::{Notice, SharedReporter, Stage};
-use relocate::{Mode, Transform};
+use relocate::{Mode, Needles, Transform};
 use scripts::Relocation;
 pub use walk::Filter;
 
@@ -323,8 +323,9 @@ pub struct PackPlan {
     pub prefix: PathBuf,
     /// The packages its `conda-meta` records describe.
     pub packages: Vec<walk::Recorded>,
-    /// The prefix string files hold on disk.
-    pub source_prefix: String,
+    /// Every prefix files may hold on disk (the source prefix first), each replaced by the
+    /// archive prefix.
+    pub needles: Needles,
     /// The prefix string files hold in the archive.
     pub archive_prefix: String,
     /// Folder inside the archive.
@@ -395,12 +396,7 @@ pub fn plan(
     // Before any work: a level out of range is the user's to fix.
     archive::compression_for(options.format, options.level)?;
     let prefix = fs_err::canonicalize(prefix)?;
-    let source_prefix = prefix
-        .to_str()
-        .ok_or_else(|| PackError::NonUtf8Path {
-            path: prefix.clone(),
-        })?
-        .to_string();
+    let (needles, previous) = held_prefixes(&prefix)?;
     let archive_prefix = options.dest_prefix.clone().map_or_else(
         || ARCHIVE_PREFIX.to_string(),
         |d| d.trim_end_matches('/').to_string(),
@@ -440,7 +436,7 @@ pub fn plan(
                     f,
                     &records,
                     options,
-                    source_prefix.as_bytes(),
+                    (&needles, &previous),
                     archive_prefix.as_bytes(),
                 );
                 reporter.on_progress(Stage::Scan, 1);
@@ -450,15 +446,10 @@ pub fn plan(
     });
     reporter.on_stage_end(Stage::Scan);
     let mut scanned = scanned.into_iter().collect::<Result<Vec<_>, _>>()?;
-    pip_records(
-        &mut scanned,
-        &records,
-        source_prefix.as_bytes(),
-        archive_prefix.as_bytes(),
-    )?;
+    pip_records(&mut scanned, &records, &needles, archive_prefix.as_bytes())?;
     let mut plan = finish(
         prefix,
-        source_prefix,
+        needles,
         archive_prefix,
         scanned,
         warnings,
@@ -477,7 +468,7 @@ pub fn plan(
 fn pip_records(
     scanned: &mut [Scanned],
     records: &walk::Records,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
 ) -> Result<(), PackError> {
     let rewritten: std::collections::HashMap<String, usize> = scanned
@@ -581,7 +572,7 @@ fn record_target(site: &str, file: &str) -> Option<String> {
 
 /// sha256 (urlsafe base64, no padding, as pip writes it) and size of a member's bytes in the
 /// archive.
-fn archived_digest(member: &Member, from: &[u8], to: &[u8]) -> Result<(String, u64), PackError> {
+fn archived_digest(member: &Member, from: &Needles, to: &[u8]) -> Result<(String, u64), PackError> {
     use sha2::Digest;
     struct Hashing(sha2::Sha256);
     impl std::io::Write for Hashing {
@@ -628,7 +619,7 @@ fn urlsafe_b64(bytes: &[u8]) -> String {
 /// the caller to fill in.
 fn finish(
     prefix: PathBuf,
-    source_prefix: String,
+    needles: Needles,
     archive_prefix: String,
     scanned: Vec<Scanned>,
     mut warnings: Vec<Notice>,
@@ -681,7 +672,7 @@ fn finish(
     }
     PackPlan {
         prefix,
-        source_prefix,
+        needles,
         archive_prefix,
         arcroot,
         members,
@@ -693,6 +684,60 @@ fn finish(
         packages: Vec::new(),
         mtime: options.mtime,
     }
+}
+
+/// The prefixes the files of `prefix` may hold: its own path, and, for an earlier envpack
+/// output (a `--format dir` folder, an unpacked archive), the location it records and
+/// envpack's archive placeholder, wherever they appear; with the room of the binary files such
+/// an output recorded.
+fn held_prefixes(prefix: &Path) -> Result<(Needles, BTreeMap<String, usize>), PackError> {
+    let source = prefix.to_str().ok_or_else(|| PackError::NonUtf8Path {
+        path: prefix.to_path_buf(),
+    })?;
+    let location = std::fs::symlink_metadata(prefix.join(scripts::LOCATION))
+        .ok()
+        .filter(|m| m.is_file() && m.len() < 4096)
+        .and_then(|_| std::fs::read(prefix.join(scripts::LOCATION)).ok())
+        .map(|l| {
+            let end = l
+                .iter()
+                .rposition(|&b| b != b'\n' && b != b'\r')
+                .map_or(0, |i| i + 1);
+            l[..end].to_vec()
+        })
+        .filter(|l| l.starts_with(b"/") && l.len() > 1 && !l.contains(&b'\n'));
+    let mut list: Vec<&[u8]> = vec![source.as_bytes(), ARCHIVE_PREFIX.as_bytes()];
+    if let Some(l) = &location {
+        list.insert(1, l);
+    }
+    Ok((Needles::new(list), previous_rooms(prefix)))
+}
+
+/// The room of the binary files an earlier envpack output recorded, for files conda did not
+/// install (their placeholder is known from nowhere else).
+fn previous_rooms(prefix: &Path) -> BTreeMap<String, usize> {
+    let path = prefix.join(scripts::RELOCATIONS);
+    let Some(doc) = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .and_then(|_| std::fs::read(&path).ok())
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+    else {
+        return BTreeMap::new();
+    };
+    doc.get("files")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let a = e.as_array()?;
+            (a.get(1)?.as_str()? == "binary").then_some(())?;
+            Some((
+                a.first()?.as_str()?.to_string(),
+                usize::try_from(a.get(2)?.as_u64()?).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// `conda env config vars set` keeps its variables in `conda-meta/state`, which is made anew:
@@ -887,7 +932,7 @@ fn member_for(
     f: &walk::Found,
     records: &walk::Records,
     options: &PackOptions,
-    from: &[u8],
+    (from, previous): (&Needles, &BTreeMap<String, usize>),
     to: &[u8],
 ) -> Result<Scanned, PackError> {
     let path = f.path.clone();
@@ -914,7 +959,7 @@ fn member_for(
                 &raw,
                 &options.url_rewrites,
                 options.record_link_type,
-                &String::from_utf8_lossy(from),
+                from,
                 &String::from_utf8_lossy(to),
             )
             .map_err(|e| PackError::Record {
@@ -932,10 +977,9 @@ fn member_for(
         walk::Kind::File { size, executable } => file_member(
             prefix,
             path,
-            *size,
-            *executable,
+            (*size, *executable),
             records.files.get(&f.path),
-            from,
+            (from, previous.get(&f.path).copied()),
             to,
         ),
     }
@@ -945,10 +989,9 @@ fn member_for(
 fn file_member(
     prefix: &Path,
     path: String,
-    size: u64,
-    executable: bool,
+    (size, executable): (u64, bool),
     managed: Option<&walk::Managed>,
-    from: &[u8],
+    (from, previous_room): (&Needles, Option<usize>),
     to: &[u8],
 ) -> Result<Scanned, PackError> {
     let source = prefix.join(&path);
@@ -960,6 +1003,7 @@ fn file_member(
             executable,
             managed,
             scan: &scan,
+            previous_room,
         },
         Content::File(source),
         from,
@@ -981,6 +1025,8 @@ struct FileFacts<'a> {
     executable: bool,
     managed: Option<&'a walk::Managed>,
     scan: &'a relocate::Scan,
+    /// The room an earlier envpack output recorded for this binary file, if any.
+    previous_room: Option<usize>,
 }
 
 /// Where a file's bytes come from.
@@ -999,7 +1045,7 @@ enum Content {
 fn decide(
     facts: FileFacts<'_>,
     content: Content,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
     placeholder: Option<&[u8]>,
 ) -> Result<Scanned, PackError> {
@@ -1009,8 +1055,15 @@ fn decide(
         executable,
         managed,
         scan,
+        previous_room,
     } = facts;
-    let found = placeholder.unwrap_or(from);
+    let placeholder_needle = placeholder.map(Needles::one);
+    let found = placeholder_needle.as_ref().unwrap_or(from);
+    // The prefix as long as the longest one this file holds: an environment that holds only
+    // its own path is decided exactly as with that one prefix.
+    let held = scan.longest.max(from.first().len());
+    let room = held.max(previous_room.unwrap_or(0));
+    let named = String::from_utf8_lossy(from.first());
     let mut warning = None;
     let in_bin = path.strip_prefix("bin/").is_some_and(|n| !n.contains('/'));
     let shebang = scan
@@ -1024,31 +1077,28 @@ fn decide(
             placeholder,
             binary: true,
         }) => Some(Mode::Binary {
-            room: placeholder.as_ref().map_or(0, String::len).max(from.len()),
+            room: placeholder.as_ref().map_or(0, String::len).max(room),
         }),
         _ if scan.utf8 => Some(Mode::Text),
         // Only C strings in ELF files are known to be safe to rewrite: a pickle, a zip or
         // bytecode would be corrupted. Those are packed unchanged, and reported.
         _ if !content_is_elf(&content)? => {
             warning = Some(Notice::warning(format!(
-                "{path}: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged, it still names {}",
-                String::from_utf8_lossy(from)
+                "{path}: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged, it still names {named}",
             )));
             None
         }
-        _ if to.len() > from.len() => {
+        _ if to.len() > room => {
             warning = Some(Notice::warning(format!(
-                "{path}: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged, it still names {}",
-                String::from_utf8_lossy(from)
+                "{path}: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged, it still names {named}",
             )));
             None
         }
         _ => {
             warning = Some(Notice::warning(format!(
-                "{path}: a binary file not installed by conda holds the build prefix; it can only be relocated to paths of at most {} characters",
-                from.len()
+                "{path}: a binary file not installed by conda holds the build prefix; it can only be relocated to paths of at most {room} characters",
             )));
-            Some(Mode::Binary { room: from.len() })
+            Some(Mode::Binary { room })
         }
     };
     // A rewritten shebang held one occurrence; the rest of the file needs a record only if
@@ -1132,30 +1182,28 @@ fn archive_size(
     size: u64,
     scan: &relocate::Scan,
     t: &Transform,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
 ) -> Option<u64> {
-    let (base, occurrences) = match &t.shebang {
-        None => (size, scan.count),
+    let (base, occurrences, matched) = match &t.shebang {
+        None => (size, scan.count, scan.matched),
         Some(line) => {
             let first = scan.first_line?;
-            let in_first = scan
-                .shebang
-                .as_deref()
-                .map_or(0, |l| memchr::memmem::find_iter(l, from).count() as u64);
+            let (in_first, in_first_bytes) =
+                scan.shebang.as_deref().map_or((0, 0), |l| from.count(l));
             (
                 (size - first) + line.len() as u64,
                 scan.count.checked_sub(in_first)?,
+                scan.matched.checked_sub(in_first_bytes)?,
             )
         }
     };
     match t.mode {
         None => Some(base),
-        Some(Mode::Binary { .. }) => (to.len() <= from.len()).then_some(base),
+        Some(Mode::Binary { .. }) => (to.len() <= from.min_len()).then_some(base),
         Some(Mode::Text) => {
             let grown = occurrences.checked_mul(to.len() as u64)?;
-            let shrunk = occurrences.checked_mul(from.len() as u64)?;
-            (base + grown).checked_sub(shrunk)
+            (base + grown).checked_sub(matched)
         }
     }
 }
@@ -1190,12 +1238,12 @@ impl std::io::Write for Counter {
 }
 
 /// Symlinks into the prefix become relative; others are kept, with a warning.
-fn symlink_target(path: &str, target: &Path, prefix: &[u8]) -> (String, Option<Notice>) {
+fn symlink_target(path: &str, target: &Path, prefix: &Needles) -> (String, Option<Notice>) {
     let t = target.to_string_lossy().into_owned();
-    let prefix = String::from_utf8_lossy(prefix);
-    if let Some(inside) = t
-        .strip_prefix(prefix.as_ref())
-        .and_then(|r| r.strip_prefix('/'))
+    if let Some(inside) = prefix
+        .strip_prefix(t.as_bytes())
+        .and_then(|r| r.strip_prefix(b"/"))
+        .map(|r| String::from_utf8_lossy(r).into_owned())
     {
         let depth = path.matches('/').count();
         let rel = format!("{}{inside}", "../".repeat(depth));
@@ -1336,7 +1384,7 @@ mod tests {
 
     #[test]
     fn symlinks_into_the_prefix_become_relative() {
-        let p = b"/stage/env";
+        let p = &Needles::one(b"/stage/env");
         assert_eq!(
             symlink_target("lib/libz.so", Path::new("/stage/env/lib/libz.so.1"), p),
             ("../lib/libz.so.1".into(), None)

@@ -40,8 +40,12 @@ pub struct Transform {
 /// The result of scanning one file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scan {
-    /// Occurrences of the needle.
+    /// Occurrences of the needles.
     pub count: u64,
+    /// Their total length.
+    pub matched: u64,
+    /// The longest needle found (0 when none is).
+    pub longest: usize,
     /// Whether the whole file is valid UTF-8 (conda-pack's text test).
     pub utf8: bool,
     /// The first line (without newline) when the file starts with `#!`, up to 4 KiB.
@@ -57,15 +61,145 @@ const CHUNK: usize = 256 * 1024;
 /// Longest C string we follow while looking for its terminator.
 const MAX_CSTRING: usize = 16 * 1024 * 1024;
 
-/// Counts `needle` in a stream and checks it for UTF-8, reading it once.
-pub fn scan(reader: impl Read, needle: &[u8]) -> io::Result<Scan> {
-    scan_with(reader, needle, &[])
+/// The prefixes a file may hold, every one of them replaced by the same new prefix: the
+/// prefix's own path, and where an earlier envpack output left it (its `location`, or the
+/// archive placeholder in a `--format dir` output that was never activated).
+#[derive(Debug, Clone)]
+pub struct Needles {
+    list: Vec<Vec<u8>>,
+    search: Search,
+}
+
+#[derive(Debug, Clone)]
+enum Search {
+    /// One needle: memchr's memmem, as fast as a single prefix always was.
+    One(Box<memmem::Finder<'static>>),
+    /// Several: one aho-corasick pass.
+    Many(aho_corasick::AhoCorasick),
+}
+
+impl Needles {
+    /// One prefix.
+    #[must_use]
+    pub fn one(needle: &[u8]) -> Self {
+        Self::new([needle])
+    }
+
+    /// Several prefixes (empty ones and repeats dropped; the first is the main one). Where
+    /// two start at the same byte, the longer wins.
+    ///
+    /// # Panics
+    /// When every needle is empty.
+    pub fn new<'a>(needles: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut list: Vec<Vec<u8>> = Vec::new();
+        for n in needles {
+            if !n.is_empty() && !list.iter().any(|l| l == n) {
+                list.push(n.to_vec());
+            }
+        }
+        assert!(!list.is_empty(), "a prefix to look for");
+        let search = if list.len() == 1 {
+            Search::One(Box::new(memmem::Finder::new(&list[0]).into_owned()))
+        } else {
+            Search::Many(
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&list)
+                    .expect("a few short needles"),
+            )
+        };
+        Self { list, search }
+    }
+
+    /// The needles, the main one first.
+    #[cfg(test)]
+    #[must_use]
+    pub fn list(&self) -> &[Vec<u8>] {
+        &self.list
+    }
+
+    /// The main needle.
+    #[must_use]
+    pub fn first(&self) -> &[u8] {
+        &self.list[0]
+    }
+
+    /// The longest needle's length.
+    #[must_use]
+    pub fn max_len(&self) -> usize {
+        self.list.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// The shortest needle's length.
+    #[must_use]
+    pub fn min_len(&self) -> usize {
+        self.list.iter().map(Vec::len).min().unwrap_or(0)
+    }
+
+    /// The first occurrence in `hay`: (start, length).
+    #[must_use]
+    pub fn find(&self, hay: &[u8]) -> Option<(usize, usize)> {
+        match &self.search {
+            Search::One(f) => f.find(hay).map(|i| (i, self.list[0].len())),
+            Search::Many(ac) => ac.find(hay).map(|m| (m.start(), m.len())),
+        }
+    }
+
+    /// The occurrences in `hay` and their total length.
+    #[must_use]
+    pub fn count(&self, hay: &[u8]) -> (u64, u64) {
+        let (mut n, mut bytes, mut pos) = (0u64, 0u64, 0usize);
+        while let Some((i, len)) = self.find(&hay[pos..]) {
+            n += 1;
+            bytes += len as u64;
+            pos += i + len;
+        }
+        (n, bytes)
+    }
+
+    /// `hay` with every occurrence replaced by `to`, and the padding the installer left
+    /// after a string holding those occurrences (`room - len` each, `room` being the
+    /// placeholder's length).
+    fn replace_counting(&self, hay: &[u8], to: &[u8], room: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::with_capacity(hay.len());
+        let mut pos = 0;
+        let mut padding = 0;
+        while let Some((i, len)) = self.find(&hay[pos..]) {
+            out.extend_from_slice(&hay[pos..pos + i]);
+            out.extend_from_slice(to);
+            padding += room.saturating_sub(len);
+            pos += i + len;
+        }
+        out.extend_from_slice(&hay[pos..]);
+        (out, padding)
+    }
+
+    /// `hay` with every occurrence replaced by `to`.
+    #[must_use]
+    pub fn replace_all(&self, hay: &[u8], to: &[u8]) -> Vec<u8> {
+        self.replace_counting(hay, to, 0).0
+    }
+
+    /// What follows the needle `s` starts with, if any (the longest).
+    #[must_use]
+    pub fn strip_prefix<'s>(&self, s: &'s [u8]) -> Option<&'s [u8]> {
+        self.list
+            .iter()
+            .filter(|n| s.starts_with(n))
+            .max_by_key(|n| n.len())
+            .map(|n| &s[n.len()..])
+    }
+}
+
+/// Counts `needles` in a stream and checks it for UTF-8, reading it once.
+pub fn scan(reader: impl Read, needles: &Needles) -> io::Result<Scan> {
+    scan_with(reader, needles, &[])
 }
 
 /// [`scan`], also telling whether any of `others` occurs, in the same read.
-pub fn scan_with(mut reader: impl Read, needle: &[u8], others: &[Vec<u8>]) -> io::Result<Scan> {
-    let finder = memmem::Finder::new(needle);
-    let longest = others.iter().map(Vec::len).fold(needle.len(), usize::max);
+pub fn scan_with(mut reader: impl Read, needles: &Needles, others: &[Vec<u8>]) -> io::Result<Scan> {
+    let max = needles.max_len();
+    let longest = others.iter().map(Vec::len).fold(max, usize::max);
     let mut buf = vec![0u8; CHUNK + longest];
     let mut carry = 0usize; // bytes kept from the previous chunk
     let mut skip = 0usize; // where the next search for `needle` starts
@@ -93,11 +227,22 @@ pub fn scan_with(mut reader: impl Read, needle: &[u8], others: &[Vec<u8>]) -> io
                 };
             }
         }
-        // Occurrences that start in this window and end inside it.
+        // Occurrences that start in this window, before its last max-1 bytes unless at the
+        // end (there, a longer needle may need the next bytes).
+        let limit = if n == 0 {
+            len
+        } else {
+            len.saturating_sub(max - 1)
+        };
         let mut from = skip.min(len);
-        while let Some(i) = finder.find(&buf[from..len]) {
+        while let Some((i, l)) = needles.find(&buf[from..len]) {
+            if from + i >= limit {
+                break;
+            }
             result.count += 1;
-            from += i + needle.len();
+            result.matched += l as u64;
+            result.longest = result.longest.max(l);
+            from += i + l;
         }
         if !result.other {
             result.other = others
@@ -118,11 +263,11 @@ pub fn scan_with(mut reader: impl Read, needle: &[u8], others: &[Vec<u8>]) -> io
         if n == 0 {
             break;
         }
-        // Keep the last longest-1 bytes: no whole match of `needle` after `from` is among
-        // them, and a match of any needle may straddle into the next chunk.
+        // Keep the last longest-1 bytes: a match of any needle may straddle into the next
+        // chunk; the next search starts after the last match, and not before `limit`.
         let keep = longest.saturating_sub(1).min(len);
         buf.copy_within(len - keep..len, 0);
-        skip = from.saturating_sub(len - keep);
+        skip = from.max(limit).saturating_sub(len - keep);
         carry = keep;
     }
     Ok(result)
@@ -141,15 +286,17 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Applies `t`, replacing `from` by `to`, from `reader` to `writer`. Returns bytes written.
+/// Applies `t`, replacing each of `from` by `to`, from `reader` to `writer`. Returns bytes
+/// written.
 pub fn apply(
     mut reader: impl Read,
     writer: &mut impl Write,
     t: &Transform,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
 ) -> io::Result<u64> {
-    let from = t.placeholder.as_deref().unwrap_or(from);
+    let placeholder = t.placeholder.as_deref().map(Needles::one);
+    let from = placeholder.as_ref().unwrap_or(from);
     let mut written = 0u64;
     if let Some(line) = &t.shebang {
         // Skip the old first line.
@@ -174,11 +321,11 @@ pub fn apply(
 fn replace_text(
     mut reader: impl Read,
     writer: &mut impl Write,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
 ) -> io::Result<u64> {
-    let finder = memmem::Finder::new(from);
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + from.len());
+    let max = from.max_len();
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + max);
     let mut written = 0u64;
     let mut eof = false;
     while !eof {
@@ -190,10 +337,10 @@ fn replace_text(
         let search_end = if eof {
             buf.len()
         } else {
-            buf.len().saturating_sub(from.len() - 1)
+            buf.len().saturating_sub(max - 1)
         };
         let mut pos = 0;
-        while let Some(i) = finder.find(&buf[pos..]) {
+        while let Some((i, len)) = from.find(&buf[pos..]) {
             let at = pos + i;
             if at >= search_end {
                 break;
@@ -201,7 +348,7 @@ fn replace_text(
             writer.write_all(&buf[pos..at])?;
             writer.write_all(to)?;
             written += (at - pos + to.len()) as u64;
-            pos = at + from.len();
+            pos = at + len;
         }
         let flush_to = search_end.max(pos);
         writer.write_all(&buf[pos..flush_to])?;
@@ -213,15 +360,15 @@ fn replace_text(
 
 /// Replaces occurrences inside C strings keeping the length: a string that shrinks is padded
 /// with NULs before its terminator; one that grows uses the NULs its placeholder left
-/// (`room`), which must really be NULs.
+/// (`room`: the placeholder's length), which must really be NULs.
 fn replace_binary(
     mut reader: impl Read,
     writer: &mut impl Write,
-    from: &[u8],
+    from: &Needles,
     to: &[u8],
     room: usize,
 ) -> io::Result<u64> {
-    let finder = memmem::Finder::new(from);
+    let max = from.max_len();
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = 0usize;
     let mut eof = false;
@@ -235,12 +382,16 @@ fn replace_binary(
         Ok(n == 0)
     };
     loop {
-        if let Some(i) = finder.find(&buf[pos..]) {
+        // An occurrence near the end of what is read may be the start of a longer needle.
+        let found = from
+            .find(&buf[pos..])
+            .filter(|&(i, _)| eof || pos + i + max <= buf.len());
+        if let Some((i, len)) = found {
             let at = pos + i;
             // Find the terminator, reading on if needed.
             let nul = loop {
-                if let Some(n) = memchr::memchr(0, &buf[at + from.len()..]) {
-                    break at + from.len() + n;
+                if let Some(n) = memchr::memchr(0, &buf[at + len..]) {
+                    break at + len + n;
                 }
                 if eof {
                     break buf.len();
@@ -253,11 +404,9 @@ fn replace_binary(
                 eof = fill(&mut buf, &mut reader)?;
             };
             let segment = &buf[at..nul];
-            let k = memmem::find_iter(segment, from).count();
-            let replaced = replace_all(segment, &finder, from, to);
-            let grow = to.len().saturating_sub(from.len()) * k;
-            let region_end = if grow > 0 {
-                let allowed = room.saturating_sub(from.len()) * k;
+            let (replaced, allowed) = from.replace_counting(segment, to, room);
+            let region_end = if replaced.len() > segment.len() {
+                let grow = replaced.len() - segment.len();
                 if grow > allowed {
                     return Err(io::Error::other(format!(
                         "the new prefix ({} bytes) is longer than this binary file's placeholder allows ({room} bytes)",
@@ -284,7 +433,7 @@ fn replace_binary(
             written += (region_end - pos) as u64;
             pos = region_end;
         } else {
-            let keep = if eof { 0 } else { from.len() - 1 };
+            let keep = if eof { 0 } else { max - 1 };
             let end = buf.len().saturating_sub(keep).max(pos);
             writer.write_all(&buf[pos..end])?;
             written += (end - pos) as u64;
@@ -300,18 +449,6 @@ fn replace_binary(
     Ok(written)
 }
 
-fn replace_all(hay: &[u8], finder: &memmem::Finder, from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut pos = 0;
-    while let Some(i) = finder.find(&hay[pos..]) {
-        out.extend_from_slice(&hay[pos..pos + i]);
-        out.extend_from_slice(to);
-        pos += i + from.len();
-    }
-    out.extend_from_slice(&hay[pos..]);
-    out
-}
-
 /// A location-independent first line for a `bin/` script whose shebang points into `prefix`
 /// (`#!<prefix>/bin/<exe> [args]`), or `None` when it points elsewhere.
 ///
@@ -321,10 +458,10 @@ fn replace_all(hay: &[u8], finder: &memmem::Finder, from: &[u8], to: &[u8]) -> V
 /// `#!/usr/bin/env python3.11` runs the first `python3.11` on `PATH`. Other interpreters get
 /// conda-pack's `#!/usr/bin/env <exe>`, or `env -S` when they have arguments.
 #[must_use]
-pub fn shebang_for(line: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn shebang_for(line: &[u8], prefix: &Needles) -> Option<Vec<u8>> {
     let rest = line.strip_prefix(b"#!")?;
     let rest = rest.trim_ascii_start();
-    let after = rest.strip_prefix(prefix)?.strip_prefix(b"/bin/")?;
+    let after = prefix.strip_prefix(rest)?.strip_prefix(b"/bin/")?;
     let text = std::str::from_utf8(after)
         .ok()?
         .trim_end_matches('\r')
@@ -370,7 +507,7 @@ pub fn scrub_record(
     json: &[u8],
     rewrites: &UrlRewrites,
     link_type: Option<rattler_conda_types::prefix_record::LinkType>,
-    from: &str,
+    from: &Needles,
     to: &str,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let mut v: serde_json::Value = serde_json::from_slice(json)?;
@@ -420,9 +557,8 @@ pub fn scrub_record(
     }
     let mut out = serde_json::to_vec_pretty(&v)?;
     out.push(b'\n');
-    if !from.is_empty() && memmem::find(&out, from.as_bytes()).is_some() {
-        let f = memmem::Finder::new(from.as_bytes());
-        out = replace_all(&out, &f, from.as_bytes(), to.as_bytes());
+    if from.find(&out).is_some() {
+        out = from.replace_all(&out, to.as_bytes());
     }
     Ok(out)
 }
@@ -433,7 +569,13 @@ mod tests {
 
     fn run(input: &[u8], t: &Transform, from: &str, to: &str) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let n = apply(input, &mut out, t, from.as_bytes(), to.as_bytes())?;
+        let n = apply(
+            input,
+            &mut out,
+            t,
+            &Needles::one(from.as_bytes()),
+            to.as_bytes(),
+        )?;
         assert_eq!(n, out.len() as u64);
         Ok(out)
     }
@@ -471,7 +613,7 @@ mod tests {
         let mut expect = vec![b'x'; CHUNK - 5];
         expect.extend_from_slice(b"/A and /A");
         assert_eq!(out, expect);
-        let s = scan(&input[..], from.as_bytes()).unwrap();
+        let s = scan(&input[..], &Needles::one(from.as_bytes())).unwrap();
         assert_eq!(s.count, 2);
         assert!(s.utf8);
     }
@@ -536,8 +678,60 @@ mod tests {
     }
 
     #[test]
+    fn several_prefixes_are_each_replaced_streaming_and_in_c_strings() {
+        let stage = b"/stage/env".as_slice();
+        let ph = b"/__envpack_placeholder_prefix__".as_slice();
+        let needles = Needles::new([stage, ph, stage, b"".as_slice()]);
+        assert_eq!(needles.list().len(), 2);
+        // Text, with an occurrence of the longer needle straddling the chunk boundary.
+        let mut input = vec![b'x'; CHUNK - 10];
+        input.extend_from_slice(ph);
+        input.extend_from_slice(b" ");
+        input.extend_from_slice(stage);
+        let mut out = Vec::new();
+        let t = Transform {
+            mode: Some(Mode::Text),
+            ..Transform::default()
+        };
+        apply(&input[..], &mut out, &t, &needles, b"/new").unwrap();
+        let mut expect = vec![b'x'; CHUNK - 10];
+        expect.extend_from_slice(b"/new /new");
+        assert_eq!(out, expect);
+        let s = scan(&input[..], &needles).unwrap();
+        assert_eq!(
+            (s.count, s.matched, s.longest),
+            (2, (ph.len() + stage.len()) as u64, ph.len())
+        );
+        // Binary: both in one C string, each with the padding its placeholder (255) left.
+        let mut s = Vec::new();
+        s.extend_from_slice(ph);
+        s.extend_from_slice(b":");
+        s.extend_from_slice(stage);
+        s.extend(std::iter::repeat_n(
+            0u8,
+            (255 - ph.len()) + (255 - stage.len()) + 1,
+        ));
+        s.extend_from_slice(b"tail\0");
+        let long = format!("/{}", "l".repeat(100));
+        let mut out = Vec::new();
+        let t = Transform {
+            mode: Some(Mode::Binary { room: 255 }),
+            ..Transform::default()
+        };
+        apply(&s[..], &mut out, &t, &needles, long.as_bytes()).unwrap();
+        assert_eq!(out.len(), s.len());
+        assert!(out.starts_with(format!("{long}:{long}\0").as_bytes()));
+        assert!(out.ends_with(b"\0tail\0"));
+        // Where one needle starts another, the longer wins.
+        let n = Needles::new([b"/a/env".as_slice(), b"/a/env-old".as_slice()]);
+        assert_eq!(n.replace_all(b"/a/env-old/x /a/env/y", b"/N"), b"/N/x /N/y");
+        assert_eq!(n.strip_prefix(b"/a/env-old/bin"), Some(&b"/bin"[..]));
+        assert_eq!(n.count(b"/a/env-old/x /a/env/y"), (2, 16));
+    }
+
+    #[test]
     fn shebangs_become_location_independent() {
-        let p = b"/stage/env";
+        let p = &Needles::one(b"/stage/env");
         assert_eq!(
             shebang_for(b"#!/stage/env/bin/python3.11", p).unwrap(),
             python_trampoline("python3.11", "").into_bytes()
@@ -572,7 +766,7 @@ mod tests {
         let bin = d.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         std::os::unix::fs::symlink(which_python(), bin.join("python3")).unwrap();
-        let line = shebang_for(b"#!/old/bin/python3 -E", b"/old").unwrap();
+        let line = shebang_for(b"#!/old/bin/python3 -E", &Needles::one(b"/old")).unwrap();
         let mut script = line;
         script
             .extend_from_slice(b"import sys\nprint(sys.flags.ignore_environment, sys.argv[1:])\n");
@@ -623,14 +817,14 @@ mod tests {
 
     #[test]
     fn scan_finds_shebang_and_binary() {
-        let s = scan(&b"#!/x/bin/python\n\xff\xfe"[..], b"/x").unwrap();
+        let s = scan(&b"#!/x/bin/python\n\xff\xfe"[..], &Needles::one(b"/x")).unwrap();
         assert_eq!(s.shebang.as_deref(), Some(&b"#!/x/bin/python"[..]));
         assert!(!s.utf8);
         assert_eq!(s.count, 1);
         // A multi-byte character split across the chunk boundary is still UTF-8.
         let mut input = vec![b'a'; CHUNK - 1];
         input.extend_from_slice("é".as_bytes());
-        assert!(scan(&input[..], b"/x").unwrap().utf8);
+        assert!(scan(&input[..], &Needles::one(b"/x")).unwrap().utf8);
     }
 
     #[test]
@@ -640,11 +834,12 @@ mod tests {
             "file:///srv/cf".into(),
             "https://conda.anaconda.org/conda-forge".into(),
         )]);
-        let out = scrub_record(rec, &rewrites, None, "/stage/env", "/A").unwrap();
+        let stage = &Needles::one(b"/stage/env");
+        let out = scrub_record(rec, &rewrites, None, stage, "/A").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["link"]["type"], 1, "kept as the record says");
         let copy = Some(rattler_conda_types::prefix_record::LinkType::Copy);
-        let out = scrub_record(rec, &rewrites, copy, "/stage/env", "/A").unwrap();
+        let out = scrub_record(rec, &rewrites, copy, stage, "/A").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("/home/builder/"), "{text}");
         assert!(!text.contains("/srv/"), "{text}");

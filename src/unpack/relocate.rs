@@ -423,7 +423,8 @@ fn rewrite(root: &Path, r: &Record, new: &[u8]) -> Result<Outcome, UnpackError> 
             .map(|f| BufReader::with_capacity(256 * 1024, f))
             .map_err(read_err)
     };
-    if bytes::scan(open()?, &r.from).map_err(read_err)?.count == 0 {
+    let from = bytes::Needles::one(&r.from);
+    if bytes::scan(open()?, &from).map_err(read_err)?.count == 0 {
         return Ok(Outcome::Unchanged);
     }
     let dir = path.parent().unwrap_or(root);
@@ -446,7 +447,7 @@ fn rewrite(root: &Path, r: &Record, new: &[u8]) -> Result<Outcome, UnpackError> 
             mode: Some(r.mode),
             ..Transform::default()
         };
-        bytes::apply(open()?, &mut w, &t, &r.from, new).map_err(|source| {
+        bytes::apply(open()?, &mut w, &t, &from, new).map_err(|source| {
             if source.kind() == std::io::ErrorKind::Other {
                 UnpackError::Relocate {
                     path: r.path.clone(),
