@@ -475,6 +475,45 @@ fn envpack_archives_of_every_format_unpack_relocate_and_run() {
     }
 }
 
+/// Issue 10, item 7: a `--format dir` output never activated holds envpack's placeholder, not
+/// its own path; packed again with `--prefix`, its tarball relocates like any other.
+#[test]
+fn a_dir_output_never_activated_packed_again_relocates() {
+    let e = Env::new();
+    let dir = e.path().join("env-dir");
+    e.pack(&dir, &["--format", "dir"]);
+    assert!(!files_containing(&dir, PLACEHOLDER.as_bytes()).is_empty());
+    let tarball = e.path().join("again.tar.gz");
+    let o = run_ok(&mut support::fixture::pack_prefix(&dir, &tarball, &[]));
+    assert!(!stderr(&o).contains("0 relocatable"), "{}", stderr(&o));
+    // envpack unpack into a new folder: relocated, settled, runs.
+    let dest = e.path().join("u-again");
+    run_ok(&mut unpack(&tarball, &dest, &[]));
+    assert_relocated_and_settled(&dest, &dest.canonicalize().unwrap());
+    // Extracted by tar, relocated by its own conda-unpack: no file keeps the placeholder but
+    // the records, and its scripts run from there.
+    let t = e.path().join("t-again");
+    support::extract(&tarball, &t);
+    let out = run_ok(
+        std::process::Command::new("bash")
+            .arg("-euc")
+            .arg("bin/conda-unpack; set +u; source bin/activate; greet hi; bin/fake-config")
+            .current_dir(&t),
+    );
+    let r = t.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        files_containing(&t, PLACEHOLDER.as_bytes()),
+        ["share/envpack/relocations.json"],
+        "only the records name the placeholder"
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "greet {r}/lib/python3.11/site-packages/greet/__init__.py hi\nprefix={r}\nlibdir={r}/lib\n"
+        )
+    );
+}
+
 #[test]
 fn dest_prefix_relocates_for_where_the_tree_is_moved_later() {
     let e = Env::new();
