@@ -636,6 +636,7 @@ impl<'a> Pipeline<'a> {
             .zip(dirs)
             .map(|(record, dir)| CachedPackage { record, dir })
             .collect();
+        sweep_staging(settings);
         let Some(staging_prefix_len) = staging_prefix_len(settings) else {
             tracing::info!("packing through a staging prefix: its path holds a space");
             return Ok(None);
@@ -1118,9 +1119,7 @@ const IN_USE: &str = ".envpack-in-use";
 /// killed with `kill -9` left in the work folder (unlocked) are removed first.
 fn work_dir(settings: &Settings) -> Result<(tempfile::TempDir, crate::cleanup::Guard), Error> {
     fs_err::create_dir_all(&settings.work_dir).map_err(install::InstallError::from)?;
-    crate::cleanup::sweep(&settings.work_dir, |name, path| {
-        name.starts_with("envpack-") && path.join(IN_USE).is_file()
-    });
+    sweep_staging(settings);
     let dir = tempfile::Builder::new()
         .prefix("envpack-")
         .tempdir_in(&settings.work_dir)
@@ -1130,6 +1129,14 @@ fn work_dir(settings: &Settings) -> Result<(tempfile::TempDir, crate::cleanup::G
     let guard = crate::cleanup::register(dir.path());
     fs_err::write(dir.path().join(IN_USE), b"").map_err(install::InstallError::from)?;
     Ok((dir, guard))
+}
+
+/// Removes the staging folders that runs killed with `kill -9` left in the work folder (marked
+/// as envpack's, no longer locked by a living run). Every build does it, whatever its route.
+fn sweep_staging(settings: &Settings) {
+    crate::cleanup::sweep(&settings.work_dir, |name, path| {
+        name.starts_with("envpack-") && path.join(IN_USE).is_file()
+    });
 }
 
 /// Removes the partial outputs (`.NAME.XXXXXX.partial`) beside `output` that no living run

@@ -876,3 +876,31 @@ fn values_that_cannot_work_are_refused_before_any_work() {
     assert_eq!(snapshot(s.path()), before);
     s.assert_no_staging();
 }
+
+#[test]
+fn a_run_on_the_package_cache_route_sweeps_staging_left_by_kill_9_too() {
+    let (s, _fifo, _bytes) = blocking_setup("killed-direct");
+    let mut child = s
+        .pack(&["--via-prefix", "-o", "a.tar.gz", "--cache-dir"])
+        .arg(s.path().join("cache"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_marker(&s.work());
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    assert!(
+        !snapshot(&s.work()).is_empty(),
+        "kill -9 left nothing to sweep"
+    );
+    // Another environment, on the direct route (no staging folder of its own).
+    let other = Setup::new(vec![small_package("other")], &["other"]);
+    let out = run_ok(
+        other
+            .pack_in(&s.work(), &["--json", "-o"])
+            .arg(other.path().join("o.tar.gz")),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["route"], "package-cache", "{v}");
+    s.assert_no_staging();
+}
