@@ -190,14 +190,30 @@ pub fn read_any(path: &Path, python: &str) -> Result<EnvironmentSpec, SpecError>
     let file = path
         .file_name()
         .map_or_else(|| REQUIREMENTS.into(), |n| n.to_string_lossy().into_owned());
+    // Double-quoted for pip, which splits the options of a requirements line like a shell.
+    let pip = format!("-r \"{}\"", file.replace('\\', "\\\\").replace('"', "\\\""));
+    // The spec is built here, not parsed from YAML: folder and file names may hold characters
+    // a YAML stream cannot (DEL, C1 controls). The digest covers the environment this text
+    // describes, then the file.
     let text = format!(
-        "name: {}\nchannels: [conda-forge]\ndependencies:\n  - python={python}\n  - pip\n  - pip:\n    - -r {}\n",
+        "name: {}\nchannels: [conda-forge]\ndependencies:\n  - python={python}\n  - pip\n  - pip:\n    - {pip}\n",
         serde_json::to_string(&name).unwrap_or_default(),
-        serde_json::to_string(&file).unwrap_or_default(),
     );
-    let mut all = text.clone().into_bytes();
+    let mut all = text.into_bytes();
     all.extend_from_slice(&bytes);
-    parse(path, &text, &all)
+    Ok(EnvironmentSpec {
+        path: path.to_path_buf(),
+        name: Some(name).filter(|n| !n.trim().is_empty()),
+        channels: vec!["conda-forge".to_string()],
+        dependencies: vec![
+            parse_dependency(path, &format!("python={python}"))?,
+            parse_dependency(path, "pip")?,
+        ],
+        pip: vec![pip],
+        variables: Vec::new(),
+        digest: hex(&Sha256::digest(&all)),
+        warnings: Vec::new(),
+    })
 }
 
 /// Reads and validates an environment file.
@@ -433,6 +449,32 @@ mod tests {
         assert_eq!(
             locate(dir.path()).unwrap(),
             dir.path().join("environment.yml")
+        );
+    }
+
+    /// Found by the `environment_file` fuzz target: a folder named with a character a YAML
+    /// stream cannot hold (here DEL) made its requirements.txt "not a valid environment file".
+    #[test]
+    fn requirements_in_any_folder_name_read_as_python_and_pip() {
+        let root = tempfile::tempdir().unwrap();
+        for name in ["dde\u{7f}pened", "a\u{85}b: [c", "sp ace\"q'\\"] {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let file = dir.join("requirements.txt");
+            std::fs::write(&file, "numpy\n").unwrap();
+            let env = read_any(&file, "3.11").unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert_eq!(env.name.as_deref(), Some(name));
+            assert_eq!(env.channels, ["conda-forge"]);
+            let deps: Vec<&str> = env.dependencies.iter().map(|d| d.text.as_str()).collect();
+            assert_eq!(deps, ["python=3.11", "pip"]);
+            assert_eq!(env.pip, ["-r \"requirements.txt\""]);
+        }
+        // The file name is quoted for pip's shell-like splitting of the line.
+        let file = root.path().join("my \"reqs\".txt");
+        std::fs::write(&file, "numpy\n").unwrap();
+        assert_eq!(
+            read_any(&file, "3.11").unwrap().pip,
+            [r#"-r "my \"reqs\".txt""#]
         );
     }
 }
