@@ -146,6 +146,54 @@ pub fn get_field(config: &str, field: &str) -> Result<Option<String>, PbtxtError
         }))
 }
 
+/// One top-level piece of a config, as written: what an edit of a parameter must keep.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A top-level field other than `parameters`, or a `parameters` value (or list element)
+    /// that is not a map entry: its text from the name (or element) to the value's end.
+    Other(&'a str),
+    /// One entry of the top-level `parameters` map: its decoded key and its text.
+    Entry {
+        /// The entry's `key`, when it has a string one.
+        key: Option<Vec<u8>>,
+        /// The entry message as written, braces included.
+        text: &'a str,
+    },
+}
+
+/// The top-level pieces of `config` in source order, for the fuzz target that checks that
+/// [`set_parameter`] keeps every piece but the entry it edits.
+///
+/// # Errors
+///
+/// [`PbtxtError::Syntax`] when `config` is not valid protobuf text format.
+#[doc(hidden)]
+pub fn pieces(config: &str) -> Result<Vec<Piece<'_>>, PbtxtError> {
+    let doc = parse(config)?;
+    let mut out = Vec::new();
+    for field in &doc.fields {
+        let values: Vec<&Value> = match &field.value {
+            _ if field.name != PARAMETERS => {
+                out.push(Piece::Other(&config[field.span.clone()]));
+                continue;
+            }
+            Value::List { items, .. } => items.iter().map(|i| &i.value).collect(),
+            value => vec![value],
+        };
+        for value in values {
+            out.push(match value {
+                Value::Message { msg, span } => Piece::Entry {
+                    key: entry_key(msg).map(<[u8]>::to_vec),
+                    text: &config[span.clone()],
+                },
+                other => Piece::Other(&config[other.span()]),
+            });
+        }
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Syntax tree
 
@@ -645,14 +693,21 @@ pub(crate) fn parse(config: &str) -> Result<Message, PbtxtError> {
         text: config,
         tokens,
         pos: 0,
+        depth: 0,
     };
     parser.message_body(None)
 }
+
+/// How deep messages may nest, as in protobuf's own text parser: deeper input is refused
+/// rather than overflowing the stack (Triton's configs nest a handful of levels).
+const MAX_DEPTH: usize = 100;
 
 struct Parser<'a> {
     text: &'a str,
     tokens: Vec<Token>,
     pos: usize,
+    /// Messages open around the current token.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -754,7 +809,16 @@ impl Parser<'_> {
         } else {
             b'}'
         };
+        if self.depth == MAX_DEPTH {
+            return Err(syntax_error(
+                self.text,
+                open.span.start,
+                format!("messages nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        self.depth += 1;
         let msg = self.message_body(Some((close, open.span.start)))?;
+        self.depth -= 1;
         let end = self.bump().span.end;
         Ok(Value::Message {
             msg,
@@ -1161,6 +1225,24 @@ mod tests {
         let (line, column, _) = error_line("a: 1\n\n  12: 3\n");
         assert_eq!((line, column), (3, 3));
         assert_eq!(error_line("a: 1\nb: - 3").0, 2);
+    }
+
+    /// Deep nesting is refused with its place, not a stack overflow (a crash found by review:
+    /// the fuzz target's inputs are too short to reach the stack's end).
+    #[test]
+    fn error_nesting_too_deep_names_its_line() {
+        let deep = format!("{}{}", "a {\n".repeat(200_000), "}".repeat(200_000));
+        let e = get_parameter(&deep, KEY).unwrap_err().to_string();
+        assert!(
+            e.contains("line 101, column 3: messages nested more than 100 deep"),
+            "{e}"
+        );
+        let e = set_parameter(&"p: [<".repeat(200_000), KEY, "v")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nested more than 100 deep"), "{e}");
+        let ok = format!("{}{}", "a {".repeat(100), "}".repeat(100));
+        assert_eq!(get_parameter(&ok, KEY).unwrap(), None);
     }
 
     #[test]
