@@ -50,6 +50,13 @@ pub use report::{Notice, Reporter, Severity, SharedReporter, Stage, Timings};
 pub use settings::{Request, Settings, SettingsError};
 pub use unpack::{Origin, UnpackError, UnpackOptions, Unpacked, Unsafe, unpack};
 
+/// The parsers of untrusted input, for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::spec::{DEFAULT_PYTHON, read, read_any};
+    pub use crate::targets::{model_settings, pbtxt};
+}
+
 use serde::Serialize;
 
 use pipeline::Pipeline;
