@@ -883,11 +883,29 @@ pub fn relative_path_in_requirement(line: &str) -> Option<(&'static str, &str)> 
         .then_some(("", trimmed))
 }
 
-/// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`.
+/// Makes the path of `-r`, `-c`, `-e`, `-f` (and long forms) absolute against `base_dir`. pip
+/// splits option lines as a shell does: a quoted value is unquoted first, and the absolute path
+/// is quoted when it holds a space or a quote.
 fn absolutize_requirement_line(line: &str, base_dir: &Path) -> String {
+    let unquote = |v: &str| {
+        for q in ['"', '\''] {
+            if let Some(inner) = v.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+                return inner.to_string();
+            }
+        }
+        v.to_string()
+    };
+    let quote = |p: PathBuf| {
+        let s = p.display().to_string();
+        if s.contains([' ', '\t', '"', '\'', '\\']) {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        } else {
+            s
+        }
+    };
     match relative_path_in_requirement(line) {
         Some(("", path)) => base_dir.join(path).display().to_string(),
-        Some((opt, path)) => format!("{opt} {}", base_dir.join(path).display()),
+        Some((opt, path)) => format!("{opt} {}", quote(base_dir.join(unquote(path)))),
         None => line.trim().to_string(),
     }
 }
@@ -948,6 +966,15 @@ mod tests {
         assert_eq!(
             absolutize_requirement_line("-r /abs/r.txt", base),
             "-r /abs/r.txt"
+        );
+        // As a requirements file is read (`-r "requirements.txt"`), in a folder with a space.
+        assert_eq!(
+            absolutize_requirement_line("-r \"requirements.txt\"", Path::new("/my models/m")),
+            "-r '/my models/m/requirements.txt'"
+        );
+        assert_eq!(
+            absolutize_requirement_line("-r \"requirements.txt\"", base),
+            "-r /m/requirements.txt"
         );
         assert_eq!(
             absolutize_requirement_line("mlserver==1.7.1", base),

@@ -706,9 +706,15 @@ fn held_prefixes(prefix: &Path) -> Result<(Needles, BTreeMap<String, usize>), Pa
             l[..end].to_vec()
         })
         .filter(|l| l.starts_with(b"/") && l.len() > 1 && !l.contains(&b'\n'));
-    let mut list: Vec<&[u8]> = vec![source.as_bytes(), ARCHIVE_PREFIX.as_bytes()];
-    if let Some(l) = &location {
-        list.insert(1, l);
+    let mut list: Vec<&[u8]> = vec![source.as_bytes()];
+    // Only an earlier envpack output (it carries envpack's scripts' data) may hold envpack's
+    // placeholder: any other prefix is scanned for its own path alone, the fast single-needle
+    // search.
+    if prefix.join(scripts::DATA_DIR).is_dir() {
+        if let Some(l) = &location {
+            list.push(l);
+        }
+        list.push(ARCHIVE_PREFIX.as_bytes());
     }
     Ok((Needles::new(list), previous_rooms(prefix)))
 }
