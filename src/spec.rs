@@ -395,6 +395,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_pip_section_is_no_pip_section() {
+        for text in [
+            "dependencies:\n  - python\n  - pip:\n",
+            "dependencies:\n  - python\n  - pip: []\n",
+        ] {
+            let env = parse_str(text).unwrap();
+            assert!(env.pip.is_empty(), "{text}");
+            assert_eq!(env.dependencies.len(), 1, "{text}");
+        }
+    }
+
+    #[test]
     fn no_channels_means_conda_forge() {
         let env = parse_str("dependencies: [python]\n").unwrap();
         assert_eq!(env.channels, ["conda-forge"]);

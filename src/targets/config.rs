@@ -83,6 +83,12 @@ pub fn plan(
 ) -> Result<ConfigPlan, TargetError> {
     let path = model.config_path();
     let text = fs_err::read_to_string(&path)?;
+    // Editors on Windows may start a file with a UTF-8 byte order mark: edit what follows it,
+    // and keep it.
+    let (bom, text) = match text.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest.to_string()),
+        None => ("", text),
+    };
     let file_name = output
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -137,6 +143,7 @@ pub fn plan(
                         source,
                     })?,
             })
+            .map(|t| format!("{bom}{t}"))
         } else {
             None
         };
@@ -473,5 +480,25 @@ mod tests {
         assert_eq!(fs_err::read_to_string(a.config_path()).unwrap(), TRITON);
         let left: Vec<_> = fs_err::read_dir(&a.dir).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary left: {left:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept_and_what_follows_it_edited() {
+        let t = tempfile::tempdir().unwrap();
+        let text = "\u{feff}{\"name\": \"m\", \"implementation\": \"model.M\"}\n";
+        let m = model(&t.path().join("m"), Server::MlServer, text);
+        let p = plan(&m, &m.dir.join("environment.tar.gz"), true, false).unwrap();
+        assert!(apply(&p).unwrap());
+        let written = fs_err::read_to_string(m.config_path()).unwrap();
+        assert!(written.starts_with('\u{feff}'), "{written:?}");
+        assert_eq!(
+            model_settings::environment_tarball(&written[3..])
+                .unwrap()
+                .as_deref(),
+            Some("./environment.tar.gz")
+        );
+        // Read again, it points at the output: nothing more to write.
+        let again = plan(&m, &m.dir.join("environment.tar.gz"), true, false).unwrap();
+        assert!(again.points && again.new_text.is_none(), "{again:?}");
     }
 }
