@@ -103,12 +103,18 @@ fn own_addition(rel: &str) -> bool {
         || rel.ends_with("site-packages/envpack-relocate.pth")
 }
 
-/// A `conda-meta` record without the fields the tools are allowed to differ in.
+/// A `conda-meta` record without the fields the tools are allowed to differ in: the URL and
+/// channel, and how the packed prefix was linked (`link.type`: conda-pack keeps what the prefix's
+/// records say, hard links from the package cache here; envpack's archive says copy, which is
+/// what an archive holds).
 fn normalised_record(path: &Path) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let obj = v.as_object_mut().unwrap();
     obj.remove("url");
     obj.remove("channel");
+    if let Some(link) = obj.get_mut("link").and_then(|l| l.as_object_mut()) {
+        link.remove("type");
+    }
     if let Some(paths) = obj
         .get_mut("paths_data")
         .and_then(|p| p.get_mut("paths"))
