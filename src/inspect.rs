@@ -121,7 +121,7 @@ impl InspectError {
 /// What `envpack inspect` reports (also its `--json` document).
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
-    /// [`JSON_VERSION`].
+    /// The version of the `--json` schema (`JSON_VERSION`).
     pub version: u32,
     /// The archive or folder read.
     pub path: PathBuf,
