@@ -489,6 +489,12 @@ pub trait Tree: Sync {
 
     /// What `rel` is once every symlink on the way is followed.
     fn resolve(&self, rel: &str) -> Option<Entry> {
+        self.follow(rel).map(|(_, e)| e)
+    }
+
+    /// `rel` with every symlink on the way followed (relative ones only, at most 40): its real
+    /// path and what is there. `None` when a component is missing or leaves the tree.
+    fn follow(&self, rel: &str) -> Option<(String, Entry)> {
         let mut parts: Vec<String> = Vec::new();
         let mut todo: Vec<String> = rel
             .split('/')
@@ -497,13 +503,13 @@ pub trait Tree: Sync {
             .map(str::to_string)
             .collect();
         let mut hops = 0;
-        let mut last = Some(Entry::Dir);
+        let mut last = Entry::Dir;
         while let Some(c) = todo.pop() {
             match c.as_str() {
                 "." => continue,
                 ".." => {
                     parts.pop()?;
-                    last = Some(Entry::Dir);
+                    last = Entry::Dir;
                     continue;
                 }
                 _ => {}
@@ -523,12 +529,12 @@ pub trait Tree: Sync {
                             .rev()
                             .map(str::to_string),
                     );
-                    last = Some(Entry::Dir);
+                    last = Entry::Dir;
                 }
-                e => last = Some(e),
+                e => last = e,
             }
         }
-        last
+        Some((parts.join("/"), last))
     }
 
     /// Whether `rel` exists, symlinks followed.
@@ -598,11 +604,10 @@ impl Tree for Listing {
     }
 
     fn children(&self, rel: &str) -> Vec<String> {
-        let Some(Entry::Dir) = self.resolve(rel) else {
+        // The folder itself, symlinks followed, is needed to list it.
+        let Some((base, Entry::Dir)) = self.follow(rel) else {
             return Vec::new();
         };
-        // The folder itself, symlinks followed, is needed to list it: resolve its path.
-        let base = self.real_path(rel).unwrap_or_else(|| rel.to_string());
         let start = if base.is_empty() {
             String::new()
         } else {
@@ -616,46 +621,6 @@ impl Tree for Listing {
                 (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
             })
             .collect()
-    }
-}
-
-impl Listing {
-    /// The path of `rel` with every symlink on the way followed.
-    fn real_path(&self, rel: &str) -> Option<String> {
-        let mut parts: Vec<String> = Vec::new();
-        let mut todo: Vec<String> = rel
-            .split('/')
-            .filter(|c| !c.is_empty())
-            .rev()
-            .map(str::to_string)
-            .collect();
-        let mut hops = 0;
-        while let Some(c) = todo.pop() {
-            match c.as_str() {
-                "." => continue,
-                ".." => {
-                    parts.pop()?;
-                    continue;
-                }
-                _ => {}
-            }
-            parts.push(c);
-            if let Some(Entry::Symlink(target)) = self.0.get(&parts.join("/")) {
-                hops += 1;
-                if hops > 40 || target.starts_with('/') {
-                    return None;
-                }
-                parts.pop();
-                todo.extend(
-                    target
-                        .split('/')
-                        .filter(|c| !c.is_empty())
-                        .rev()
-                        .map(str::to_string),
-                );
-            }
-        }
-        Some(parts.join("/"))
     }
 }
 
