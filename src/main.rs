@@ -26,15 +26,9 @@ fn main() -> ExitCode {
             let bars = Arc::new(progress::Bars::new(!args.quiet && !args.no_progress));
             init_logging(args.verbose, bars.clone());
             // The process environment and the current folder are read here, once.
-            let cwd = match std::env::current_dir() {
+            let cwd = match current_dir() {
                 Ok(c) => c,
-                Err(e) => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "error: cannot read the current folder\n  caused by: {e}"
-                    );
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let env = |k: &str| std::env::var(k).ok();
             let result = Settings::resolve(args.request(sub), &env, &cwd)
@@ -276,15 +270,9 @@ fn unpack(args: &UnpackArgs) -> ExitCode {
 fn lock_command(args: &cli::LockArgs) -> ExitCode {
     let bars = Arc::new(progress::Bars::new(!args.quiet && !args.no_progress));
     init_logging(args.verbose, bars.clone());
-    let cwd = match std::env::current_dir() {
+    let cwd = match current_dir() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: cannot read the current folder\n  caused by: {e}"
-            );
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let env = |k: &str| std::env::var(k).ok();
     let output = args.output.as_ref().map(|o| cwd.join(o));
@@ -391,6 +379,18 @@ impl Write for SuspendingStderr {
 }
 
 /// Renders an error once: the message, each cause, then a hint.
+/// The current folder, read once per command; when it cannot be read, the error is printed
+/// and the exit code returned.
+fn current_dir() -> Result<std::path::PathBuf, ExitCode> {
+    std::env::current_dir().map_err(|e| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: cannot read the current folder\n  caused by: {e}"
+        );
+        ExitCode::from(1)
+    })
+}
+
 fn report(e: &Error) -> ExitCode {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {e}");
