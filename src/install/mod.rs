@@ -1,8 +1,9 @@
 //! Install: the solved packages into a staging prefix, then the `pip:` section.
 //!
 //! Third stage. rattler's installer downloads into the shared package cache (rattler's, so
-//! pixi and rattler users share it) and copies files into the prefix, replacing placeholders.
-//! Hard links are off: the prefix is rewritten later, and the cache must never change.
+//! pixi and rattler users share it) and links files into the prefix, replacing placeholders:
+//! hard links where the cache and the prefix share a file system (nothing writes into an
+//! existing file of the prefix, so the cache never changes), copies otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,6 +89,22 @@ async fn fetch_all(
         out[i] = Some((name, path));
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// The package cache in `cache_dir`, with its global lock: rattler coordinates processes
+/// sharing a cache through that lock only.
+async fn locked_cache(
+    cache_dir: &Path,
+) -> Result<(PackageCache, rattler_cache::package_cache::CacheGlobalLock), InstallError> {
+    let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
+    let lock = cache
+        .acquire_global_lock()
+        .await
+        .map_err(|source| InstallError::Fetch {
+            package: "the package cache's lock".into(),
+            source,
+        })?;
+    Ok((cache, lock))
 }
 
 /// Byte progress of one package's fetch: download progress, then the rest of its size once
@@ -226,18 +243,10 @@ pub async fn install_conda(
         .sum();
     reporter.on_stage_start(Stage::Install, Some(total));
     reporter.on_stage_start(Stage::Link, Some(records.len() as u64));
-    let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
     // Channels are not trusted: every package is fetched into the cache and its paths are
-    // checked before the installer writes (or removes) anything.
-    // rattler coordinates processes sharing a cache through its global lock only: held while
-    // fetching (as the installer holds it), released before the installer takes it.
-    let lock = cache
-        .acquire_global_lock()
-        .await
-        .map_err(|source| InstallError::Fetch {
-            package: "the package cache's lock".into(),
-            source,
-        })?;
+    // checked before the installer writes (or removes) anything. The cache's lock is held
+    // while fetching (as the installer holds it), released before the installer takes it.
+    let (cache, lock) = locked_cache(cache_dir).await?;
     let folders = fetch_all(&cache, &records, &client, &reporter).await?;
     safety::check_packages(&folders)?;
     drop(lock);
@@ -284,70 +293,8 @@ pub async fn fetch_packages(
         .map(|r| r.package_record.size.unwrap_or(0))
         .sum();
     reporter.on_stage_start(Stage::Install, Some(total));
-    let cache = PackageCache::new(cache_dir.join(rattler_cache::PACKAGE_CACHE_DIR));
-    let lock = cache
-        .acquire_global_lock()
-        .await
-        .map_err(|source| InstallError::Fetch {
-            package: "the package cache's lock".into(),
-            source,
-        })?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, record) in records.iter().enumerate() {
-        let cache = cache.clone();
-        let client = client.clone();
-        let record = record.clone();
-        let reporter = reporter.clone();
-        tasks.spawn(async move {
-            let fetched = if record.url.scheme() == "file" {
-                match record.url.to_file_path() {
-                    Ok(path) => {
-                        cache
-                            .get_or_fetch_from_path(&path, Some(&record.package_record), None)
-                            .await
-                    }
-                    Err(()) => {
-                        return (
-                            i,
-                            record.identifier.to_string(),
-                            Err(InstallError::Io(std::io::Error::other(format!(
-                                "not a file path: {}",
-                                record.url
-                            )))),
-                        );
-                    }
-                }
-            } else {
-                cache
-                    .get_or_fetch_from_url_with_retry(
-                        &record.package_record,
-                        record.url.clone(),
-                        client,
-                        rattler_networking::retry_policies::default_retry_policy(),
-                        None,
-                        None,
-                    )
-                    .await
-            };
-            reporter.on_progress(Stage::Install, record.package_record.size.unwrap_or(0));
-            let name = record.identifier.to_string();
-            (
-                i,
-                name.clone(),
-                fetched
-                    .map(|m| m.path().to_path_buf())
-                    .map_err(|source| InstallError::Fetch {
-                        package: name,
-                        source,
-                    }),
-            )
-        });
-    }
-    let mut fetched = vec![(String::new(), PathBuf::new()); records.len()];
-    while let Some(done) = tasks.join_next().await {
-        let (i, name, dir) = done.map_err(|e| InstallError::Io(std::io::Error::other(e)))?;
-        fetched[i] = (name, dir?);
-    }
+    let (cache, lock) = locked_cache(cache_dir).await?;
+    let fetched = fetch_all(&cache, records, &client, &reporter).await?;
     // The same checks as before an install: the direct route reads every listed path and
     // symlink from these folders, and packs them as the staged route would have installed them.
     safety::check_packages(&fetched)?;
