@@ -701,10 +701,11 @@ fn remove_stale(
     let Ok(entries) = fs_err::read_dir(&dir) else {
         return Ok((removed, notices));
     };
-    let mut candidates: Vec<PathBuf> = entries
+    let mut candidates: Vec<(PathBuf, String, String)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| !keep.contains(p) && stale_name(p).is_some())
+        .filter(|p| !keep.contains(p))
+        .filter_map(|p| stale_name(&p).map(|(name, digest)| (p, name, digest)))
         .collect();
     if candidates.is_empty() {
         return Ok((removed, notices));
@@ -727,10 +728,7 @@ fn remove_stale(
     .collect::<Result<Vec<String>, _>>()
     .map_err(TargetError::from)?;
     let inside = crate::paths::normalize(&dir) == crate::paths::normalize(root);
-    for path in candidates {
-        let Some((name, digest)) = stale_name(&path) else {
-            continue;
-        };
+    for (path, name, digest) in candidates {
         let ours =
             matches!(crate::manifest::read(&path), Ok(Some(m)) if m.digest.starts_with(&digest));
         if !ours || configs.iter().any(|c| c.contains(&name)) {
