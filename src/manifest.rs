@@ -382,12 +382,12 @@ mod tests {
         std::fs::write(&foreign, "precious").unwrap();
         assert_eq!(read(&foreign).unwrap(), None);
         assert_eq!(read(&d.path().join("missing")).unwrap(), None);
-        let dir = d.path().join("out/root/conda-meta");
+        let dir = d.path().join("out/arcroot/conda-meta");
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&d.path().join("out")).unwrap(), None);
         std::fs::write(dir.join("envpack.json"), m.to_bytes()).unwrap();
         assert_eq!(read(&d.path().join("out")).unwrap(), Some(m));
-        assert!(is_manifest_member("./root/conda-meta/envpack.json"));
+        assert!(is_manifest_member("./arcroot/conda-meta/envpack.json"));
         assert!(!is_manifest_member("xconda-meta/envpack.json"));
         assert!(is_record("conda-meta/numpy-1.26.4-py311_0.json"));
         assert!(!is_record(PATH));
