@@ -1,10 +1,8 @@
 //! The same environment packs to the same bytes: whatever the work folder, the number of
 //! threads or the channel's location, and (pinned) from one build of envpack to the next.
 
-use std::path::Path;
-
 use crate::support::fixture::{Fixture, pack_prefix};
-use crate::support::{self, envpack, extract, run_ok, sha256_file, snapshot};
+use crate::support::{self, assert_same_bytes, envpack, extract, run_ok, sha256_file};
 
 #[test]
 fn the_archive_does_not_depend_on_where_it_was_staged_or_fetched_from() {
@@ -63,31 +61,6 @@ fn the_archive_does_not_depend_on_where_it_was_staged_or_fetched_from() {
         "{v}"
     );
     assert_eq!(v["extracted_package_dir"], "");
-}
-
-/// Asserts two archives are the same bytes; if not, names the members that differ.
-fn assert_same_bytes(a: &Path, b: &Path) {
-    if std::fs::read(a).unwrap() == std::fs::read(b).unwrap() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (x, y) = (dir.path().join("a"), dir.path().join("b"));
-    extract(a, &x);
-    extract(b, &y);
-    let (sx, sy) = (snapshot(&x), snapshot(&y));
-    let differ: Vec<&String> = sx
-        .iter()
-        .zip(&sy)
-        .filter(|(p, q)| p != q)
-        .map(|(p, _)| &p.0)
-        .collect();
-    panic!(
-        "{} and {} differ; members: {} vs {}, first differing: {differ:?}",
-        a.display(),
-        b.display(),
-        sx.len(),
-        sy.len()
-    );
 }
 
 #[test]

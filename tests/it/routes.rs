@@ -7,32 +7,7 @@ use std::process::Output;
 
 use crate::support::channel::long_placeholder;
 use crate::support::fixture::Fixture;
-use crate::support::{self, files_containing, run_ok, sha256_file, snapshot};
-
-/// Asserts two archives are the same bytes; if not, names the members that differ.
-fn assert_same_bytes(a: &Path, b: &Path) {
-    if std::fs::read(a).unwrap() == std::fs::read(b).unwrap() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (x, y) = (dir.path().join("a"), dir.path().join("b"));
-    support::extract(a, &x);
-    support::extract(b, &y);
-    let (sx, sy) = (snapshot(&x), snapshot(&y));
-    let differ: Vec<&String> = sx
-        .iter()
-        .zip(&sy)
-        .filter(|(p, q)| p != q)
-        .map(|(p, _)| &p.0)
-        .collect();
-    panic!(
-        "{} and {} differ; members: {} vs {}, first differing: {differ:?}",
-        a.display(),
-        b.display(),
-        sx.len(),
-        sy.len()
-    );
-}
+use crate::support::{self, assert_same_bytes, files_containing, run_ok, sha256_file, snapshot};
 
 /// The route a pack took, from its `--json` summary.
 fn route(out: &Output) -> String {

@@ -276,3 +276,28 @@ pub fn digests(dir: &Path) -> Vec<(String, String, u32)> {
         })
         .collect()
 }
+
+/// Asserts two archives are the same bytes; if not, names the members that differ.
+pub fn assert_same_bytes(a: &Path, b: &Path) {
+    if std::fs::read(a).unwrap() == std::fs::read(b).unwrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (dir.path().join("a"), dir.path().join("b"));
+    extract(a, &x);
+    extract(b, &y);
+    let (sx, sy) = (snapshot(&x), snapshot(&y));
+    let differ: Vec<&String> = sx
+        .iter()
+        .zip(&sy)
+        .filter(|(p, q)| p != q)
+        .map(|(p, _)| &p.0)
+        .collect();
+    panic!(
+        "{} and {} differ; members: {} vs {}, first differing: {differ:?}",
+        a.display(),
+        b.display(),
+        sx.len(),
+        sy.len()
+    );
+}
