@@ -905,6 +905,9 @@ fn http_client() -> Result<rattler_networking::LazyClient, Error> {
     let auth = rattler_networking::AuthenticationMiddleware::from_env_and_defaults()
         .map_err(Error::Auth)?;
     Ok(rattler_networking::LazyClient::new(move || {
+        // reqwest is built without a crypto provider (see Cargo.toml): ring is the process's.
+        // Installing fails only when one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("envpack/", env!("CARGO_PKG_VERSION")))
             .build()
