@@ -654,7 +654,7 @@ impl<'a> Pipeline<'a> {
         let planned = timings.time(Stage::Scan, || {
             direct::plan(&packages, &options, &direct_options, &self.pool, reporter)
         })?;
-        let (plan, listing) = match planned {
+        let (mut plan, listing) = match planned {
             Direct::Plan(plan, listing) => (plan, listing),
             Direct::Unsupported(reason) => {
                 tracing::info!("packing through a staging prefix: {reason}");
@@ -662,6 +662,7 @@ impl<'a> Pipeline<'a> {
             }
         };
         let notices = check(&listing)?;
+        plan.warnings.extend(self.glibc_check(&plan));
         for n in notices.iter().chain(&plan.warnings) {
             reporter.on_notice(n);
         }
@@ -822,13 +823,24 @@ impl<'a> Pipeline<'a> {
         timings: &mut Timings,
         reporter: &SharedReporter,
     ) -> Result<PackPlan, Error> {
-        let plan = timings.time(Stage::Scan, || {
+        let mut plan = timings.time(Stage::Scan, || {
             pack::plan(prefix, options, &self.pool, reporter)
         })?;
+        plan.warnings.extend(self.glibc_check(&plan));
         for w in &plan.warnings {
             reporter.on_notice(w);
         }
         Ok(plan)
+    }
+
+    /// The warning for the plan's ELF files that need a newer glibc than the target's
+    /// (linux targets only).
+    fn glibc_check(&self, plan: &PackPlan) -> Option<Notice> {
+        let settings = self.settings;
+        if !settings.platform.is_linux() {
+            return None;
+        }
+        crate::targets::glibc::check(plan, &settings.virtual_packages.glibc, &self.pool)
     }
 
     /// Writes the plan to `output`; returns its size.

@@ -4,12 +4,13 @@
 //! Triton model, an MLServer model, a model repository, or an environment as before);
 //! [`find_environment_file`] finds a model's environment file; [`default_file_name`] names its
 //! tarball the way its server expects; `checks` inspect a staging prefix for what the server
-//! needs; `config` points a model's config at its tarball, through the editors of the two
+//! needs; `glibc` checks the ELF files of a plan against the target's C library; `config` points a model's config at its tarball, through the editors of the two
 //! config files, `pbtxt` (Triton's `config.pbtxt`) and `model_settings` (MLServer's
 //! `model-settings.json`). Nothing here drives the pipeline.
 
 pub mod checks;
 pub mod config;
+pub mod glibc;
 pub mod model_settings;
 pub mod pbtxt;
 

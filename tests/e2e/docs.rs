@@ -132,8 +132,9 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
             .current_dir(build.path()),
     );
     let mirrors = format!("conda-forge=file://{}", crate::test_channel()?.display());
+    let mut stderrs = Vec::new();
     for args in &runs {
-        run_ok(
+        let out = run_ok(
             envpack()
                 .args(args)
                 .arg("-q")
@@ -143,6 +144,7 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
                 .env("PIP_FIND_LINKS", servers.wheels())
                 .current_dir(build.path()),
         );
+        stderrs.push(String::from_utf8_lossy(&out.stderr).into_owned());
         // Each line's output exists and is a gzip tar.
         if let Some(i) = args.iter().position(|a| a == "-o") {
             let o = build.path().join(&args[i + 1]);
@@ -150,6 +152,46 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
         }
     }
     stubs_load_as_the_image_loads_them(build.path())?;
+    // Each line's environments run on its image's C library: every ELF file in them (conda
+    // packages and pip wheels alike) that needs a newer glibc than the line's `--glibc`, as
+    // readelf reads them, is one envpack named in its warning (the test channel's CPython was
+    // built here, against a newer glibc than its metadata says), and none is when none does.
+    for (args, stderr) in runs.iter().zip(&stderrs) {
+        let glibc = flag_value(args, "--glibc").ok_or("a RUN envpack line without --glibc")?;
+        let tarballs = if let Some(o) = flag_value(args, "-o") {
+            vec![build.path().join(o)]
+        } else {
+            // The models' stubs (and the CUDA runtime beside them) run in that image too.
+            let stubs = glibc_needs(&build.path().join("models"), glibc)?;
+            ensure(
+                stubs.is_empty(),
+                format!("the stubs need more than glibc {glibc}: {stubs:?}"),
+            )?;
+            model_tarballs(&build.path().join("models"))?
+        };
+        ensure(!tarballs.is_empty(), format!("no output for {args:?}"))?;
+        for tarball in tarballs {
+            let env = tempfile::tempdir()?;
+            support::extract(&tarball, env.path());
+            let newer = glibc_needs(env.path(), glibc)?;
+            let warned = stderr.contains(&format!("need a newer glibc than the target's {glibc}"))
+                || stderr.contains(&format!("needs a newer glibc than the target's {glibc}"));
+            ensure(
+                warned != newer.is_empty(),
+                format!("{args:?}: readelf finds {newer:?}; envpack said:\n{stderr}"),
+            )?;
+            for (file, minor) in newer.iter().take(5) {
+                ensure(
+                    stderr.contains(&format!("{file} (GLIBC_2.{minor})")),
+                    format!("{file} (GLIBC_2.{minor}) is not in envpack's warning:\n{stderr}"),
+                )?;
+            }
+            ensure(
+                stderr.contains(&format!("{} ELF file", newer.len())) || newer.is_empty(),
+                format!("envpack did not count {} files:\n{stderr}", newer.len()),
+            )?;
+        }
+    }
     // The repository line packed each Triton model and pointed its config at the tarball.
     for model in std::fs::read_dir(build.path().join("models"))? {
         let model = model?.path();
@@ -170,6 +212,88 @@ fn dockerfile_envpack_lines_run() -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// The `model-conda.tar.gz` of every model folder in `models`.
+fn model_tarballs(models: &Path) -> Result<Vec<PathBuf>, Failed> {
+    let mut found = Vec::new();
+    for model in std::fs::read_dir(models)? {
+        let tarball = model?.path().join("model-conda.tar.gz");
+        if tarball.is_file() {
+            found.push(tarball);
+        }
+    }
+    Ok(found)
+}
+
+/// The ELF files under `root` (relative paths) that need a newer glibc than `max` ("2.34"),
+/// with the highest `GLIBC_2.N` that `readelf -V` lists among their needs, most demanding
+/// first, then by name.
+fn glibc_needs(root: &Path, max: &str) -> Result<Vec<(String, u32)>, Failed> {
+    let minor = |v: &str| -> Option<u32> {
+        let digits: String = v
+            .strip_prefix("2.")?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let limit = minor(max).ok_or_else(|| format!("--glibc {max}: not 2.N"))?;
+    let mut elves = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let mut magic = [0u8; 4];
+                let n = std::io::Read::read(&mut std::fs::File::open(entry.path())?, &mut magic)?;
+                if n == 4 && magic == *b"\x7fELF" {
+                    elves.push(entry.path());
+                }
+            }
+        }
+    }
+    ensure(
+        !elves.is_empty(),
+        format!("no ELF file under {}", root.display()),
+    )?;
+    let mut newer: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+    for chunk in elves.chunks(200) {
+        // readelf prints "File: PATH" before each file's sections; needs read "Name: GLIBC_2.N".
+        let out = run_ok(Command::new("readelf").args(["-V", "-W"]).args(chunk));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (mut file, mut needs) = ("", false);
+        for line in text.lines() {
+            if let Some(f) = line.strip_prefix("File: ") {
+                (file, needs) = (f, false);
+            } else if line.starts_with("Version needs section") {
+                needs = true;
+            } else if line.starts_with("Version") {
+                // Definitions (a library's own GLIBC_2.N) and symbol tables are not needs.
+                needs = false;
+            } else if let Some(v) = line.split("Name: GLIBC_").nth(1).filter(|_| needs) {
+                let v = v.split_whitespace().next().unwrap_or_default();
+                if let Some(m) = minor(v).filter(|m| *m > limit) {
+                    let rel = Path::new(file)
+                        .strip_prefix(root)
+                        .unwrap_or(Path::new(file));
+                    let e = newer.entry(rel.to_string_lossy().into_owned()).or_default();
+                    *e = (*e).max(m);
+                }
+            }
+        }
+    }
+    let mut newer: Vec<(String, u32)> = newer.into_iter().collect();
+    newer.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(newer)
 }
 
 /// The `for m in models/*/; do ... done` loop of the Dockerfile's stub step, as one line.
