@@ -256,7 +256,10 @@ fn an_output_inside_the_packed_environment_is_not_packed_into_the_next_archive()
 fn readelf_glibc_minor(path: &Path) -> u32 {
     let out = run_ok(Command::new("readelf").args(["-V", "-W"]).arg(path));
     let text = String::from_utf8_lossy(&out.stdout);
-    let needs = text.split("Version needs section").nth(1).unwrap_or_default();
+    let needs = text
+        .split("Version needs section")
+        .nth(1)
+        .unwrap_or_default();
     needs
         .split("Version definition section")
         .next()
