@@ -1071,6 +1071,8 @@ fn decide(
     let room = held.max(previous_room.unwrap_or(0));
     let named = String::from_utf8_lossy(from.first());
     let mut warning = None;
+    // The prefix the file keeps, when it is packed unchanged but relocated at unpack.
+    let mut holds: Option<(String, usize)> = None;
     let in_bin = path.strip_prefix("bin/").is_some_and(|n| !n.contains('/'));
     let shebang = scan
         .shebang
@@ -1094,10 +1096,25 @@ fn decide(
             )));
             None
         }
+        // Its C strings have no room for the archive's prefix: packed unchanged, recorded
+        // with the prefix it holds, it is relocated at unpack where the new prefix fits.
         _ if to.len() > room => {
-            warning = Some(Notice::warning(format!(
-                "{path}: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged, it still names {named}",
-            )));
+            let archive = String::from_utf8_lossy(to);
+            warning = Some(Notice::warning(match held_prefix(&content, from)? {
+                Some(prefix) => {
+                    // Its strings can grow only into padding an earlier envpack output
+                    // recorded; the prefix's own length otherwise.
+                    let room = prefix.len().max(previous_room.unwrap_or(0));
+                    let message = format!(
+                        "{path}: an ELF file not installed by conda holds the build prefix {prefix}, which is shorter than the archive's prefix {archive}; packed unchanged, it is relocated at unpack only to paths of at most {room} characters",
+                    );
+                    holds = Some((prefix, room));
+                    message
+                }
+                None => format!(
+                    "{path}: an ELF file not installed by conda holds several prefixes of the environment (or one that is not UTF-8), shorter than the archive's prefix {archive}; packed unchanged, it still names them",
+                ),
+            }));
             None
         }
         _ => {
@@ -1114,10 +1131,17 @@ fn decide(
         Some(Mode::Text) if left > 0 => Some(Relocation {
             path: path.clone(),
             mode: Mode::Text,
+            holds: None,
         }),
         Some(mode @ Mode::Binary { .. }) => Some(Relocation {
             path: path.clone(),
             mode,
+            holds: None,
+        }),
+        None => holds.map(|(prefix, room)| Relocation {
+            path: path.clone(),
+            mode: Mode::Binary { room },
+            holds: Some(prefix),
         }),
         _ => None,
     };
@@ -1212,6 +1236,32 @@ fn archive_size(
             (base + grown).checked_sub(matched)
         }
     }
+}
+
+/// The one prefix of `from` the file holds (as text: a prefix is a path), or `None` when it
+/// holds several (an earlier envpack output may hold its own path and its location).
+fn held_prefix(content: &Content, from: &Needles) -> Result<Option<String>, PackError> {
+    let mut held = None;
+    for needle in from.list() {
+        if from.list().len() > 1 {
+            let one = Needles::one(needle);
+            let count = match content {
+                Content::File(path) => relocate::scan(open_buffered(path)?, &one)?.count,
+                Content::Bytes(data) => relocate::scan(&data[..], &one)?.count,
+            };
+            if count == 0 {
+                continue;
+            }
+        }
+        if held.is_some() {
+            return Ok(None);
+        }
+        let Ok(prefix) = String::from_utf8(needle.clone()) else {
+            return Ok(None);
+        };
+        held = Some(prefix);
+    }
+    Ok(held)
 }
 
 /// Whether the file's content starts with the ELF magic.

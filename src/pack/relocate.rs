@@ -112,7 +112,6 @@ impl Needles {
     }
 
     /// The needles, the main one first.
-    #[cfg(test)]
     #[must_use]
     pub fn list(&self) -> &[Vec<u8>] {
         &self.list

@@ -3,6 +3,19 @@
 //!
 //! The scripts are static (no templating), so they are the same bytes in every archive; what
 //! differs per environment lives in `share/envpack/relocations.json` and its neighbours.
+//!
+//! `relocations.json` is `{"envpack": 1, "version": V, "prefix": A, "files": [...]}`, one
+//! record per file that holds a prefix: `[path, "text"|"binary", room]`, or
+//! `[path, "text"|"binary", room, held]`. `room` is, for a binary file, the longest prefix its
+//! C strings can hold (the length of the placeholder it was built with; 0 for text). The file
+//! holds the prefix in `share/envpack/location` (`A` until the environment is relocated),
+//! unless the record has a fourth element: the prefix that file holds. Envpack writes one
+//! only for an ELF file conda did not install whose build prefix is shorter than `A` (packed
+//! unchanged, so it still holds that prefix, and its room is that prefix's length). Such a
+//! file is relocated only to prefixes that fit its room; elsewhere it is left as it is, with
+//! a warning, and its record keeps saying what it holds. A relocation that rewrites it sets
+//! the fourth element to the new prefix, so it moves again with the environment. Archives of
+//! earlier envpack versions have three-element records only, and read as before.
 
 use std::fmt::Write;
 
@@ -43,6 +56,9 @@ pub struct Relocation {
     /// How it is rewritten (for binary files, with the placeholder length they were built
     /// with).
     pub mode: Mode,
+    /// The prefix the file holds, when it is not the archive's: an unrecorded ELF file packed
+    /// unchanged (see the module docs).
+    pub holds: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +66,7 @@ struct RelocationsJson<'a> {
     envpack: u32,
     version: &'a str,
     prefix: &'a str,
-    files: Vec<(&'a str, &'a str, usize)>,
+    files: Vec<serde_json::Value>,
 }
 
 /// `share/envpack/relocations.json`, sorted, deterministic.
@@ -64,9 +80,15 @@ pub fn relocations_json(prefix: &str, relocations: &[Relocation]) -> Vec<u8> {
         prefix,
         files: files
             .iter()
-            .map(|r| match r.mode {
-                Mode::Text => (r.path.as_str(), "text", 0),
-                Mode::Binary { room } => (r.path.as_str(), "binary", room),
+            .map(|r| {
+                let (kind, room) = match r.mode {
+                    Mode::Text => ("text", 0),
+                    Mode::Binary { room } => ("binary", room),
+                };
+                match r.holds.as_deref().filter(|h| *h != prefix) {
+                    Some(held) => serde_json::json!([r.path, kind, room, held]),
+                    None => serde_json::json!([r.path, kind, room]),
+                }
             })
             .collect(),
     };
@@ -133,16 +155,28 @@ mod tests {
             Relocation {
                 path: "lib/b".into(),
                 mode: Mode::Binary { room: 255 },
+                holds: Some("/P".into()),
             },
             Relocation {
                 path: "bin/a".into(),
                 mode: Mode::Text,
+                holds: None,
+            },
+            Relocation {
+                path: "lib/c".into(),
+                mode: Mode::Binary { room: 6 },
+                holds: Some("/build".into()),
             },
         ];
         let v: serde_json::Value = serde_json::from_slice(&relocations_json("/P", &r)).unwrap();
         assert_eq!(v["prefix"], "/P");
-        assert_eq!(v["files"][0][0], "bin/a");
-        assert_eq!(v["files"][1][2], 255);
+        assert_eq!(v["files"][0], serde_json::json!(["bin/a", "text", 0]));
+        // The archive's own prefix is not repeated: earlier readers see three elements.
+        assert_eq!(v["files"][1], serde_json::json!(["lib/b", "binary", 255]));
+        assert_eq!(
+            v["files"][2],
+            serde_json::json!(["lib/c", "binary", 6, "/build"])
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!   files hold the prefix in `share/envpack/location` (the archive placeholder, or the
 //!   `--dest-prefix` the archive was packed for). The new prefix is the real path of the
 //!   environment; `location` is then rewritten, so self-relocation has nothing left to do.
+//!   A record `[path, "binary", room, held]` names a file that holds its own prefix `held`
+//!   (an ELF file conda did not install, packed unchanged): it is relocated when the new
+//!   prefix fits its `room`, and otherwise left as it is with a warning; its record is then
+//!   updated to what it holds (see [`crate::pack::scripts`]).
 //! - conda-pack: its `bin/conda-unpack` embeds `_prefix_records = [(path, placeholder,
 //!   mode), ...]` as Python literals; each file holds its own placeholder. The new prefix is
 //!   the absolute path of the environment (`os.path.abspath`, symlinks kept). conda-pack's
@@ -39,6 +43,9 @@ pub(super) struct Record {
     pub from: Vec<u8>,
     /// How it is rewritten.
     pub mode: Mode,
+    /// Where the record is in envpack's `files` list, when it names the prefix its file
+    /// holds: such a file is left unchanged, with a warning, when the new prefix does not fit.
+    pub own: Option<usize>,
 }
 
 /// What was relocated.
@@ -66,12 +73,16 @@ pub(super) fn relocate(
         )
     };
     if let Some(records) = envpack_records(root)? {
-        let (old, records) = records;
+        let (old, records, doc) = records;
         let new = pick(final_real);
         let rewritten = if old == new {
             0
         } else {
-            rewrite_all(root, &records, &new, reporter, warnings)?
+            let done = rewrite_all(root, &records, &new, reporter, warnings)?;
+            update_held(root, doc, &records, &done, &new)?;
+            done.iter()
+                .filter(|o| matches!(o, Outcome::Rewritten))
+                .count() as u64
         };
         write_location(root, &new)?;
         return Ok(Relocation {
@@ -82,7 +93,11 @@ pub(super) fn relocate(
     }
     if let Some(records) = conda_pack_records(root)? {
         let new = pick(final_abs);
-        let rewritten = rewrite_all(root, &records, &new, reporter, warnings)?;
+        let done = rewrite_all(root, &records, &new, reporter, warnings)?;
+        let rewritten = done
+            .iter()
+            .filter(|o| matches!(o, Outcome::Rewritten))
+            .count() as u64;
         return Ok(Relocation {
             origin: Origin::CondaPack,
             prefix: Some(String::from_utf8_lossy(&new).into_owned()),
@@ -143,9 +158,12 @@ pub(super) fn tree_file(root: &Path, rel: &str) -> Option<PathBuf> {
     Some(sofar)
 }
 
-/// envpack's records and the prefix its files hold, if this is an envpack environment.
+/// envpack's records, the prefix its files hold and the records' document, if this is an
+/// envpack environment.
 #[allow(clippy::type_complexity)]
-fn envpack_records(root: &Path) -> Result<Option<(Vec<u8>, Vec<Record>)>, UnpackError> {
+fn envpack_records(
+    root: &Path,
+) -> Result<Option<(Vec<u8>, Vec<Record>, serde_json::Value)>, UnpackError> {
     let Some(data) = read_tree_file(root, scripts::RELOCATIONS)? else {
         return Ok(None);
     };
@@ -184,34 +202,41 @@ fn envpack_records(root: &Path) -> Result<Option<(Vec<u8>, Vec<Record>)>, Unpack
         })
         .ok_or_else(|| bad("no prefix recorded (share/envpack/location is empty)".into()))?;
     let mut records = Vec::with_capacity(files.len());
-    for entry in files {
-        let fields = entry.as_array().filter(|a| a.len() == 2 || a.len() == 3);
+    for (i, entry) in files.iter().enumerate() {
+        let fields = entry.as_array().filter(|a| (2..=4).contains(&a.len()));
         let parsed = fields.and_then(|a| {
             let path = a[0].as_str()?;
             let padding = match a.get(2) {
                 Some(r) => usize::try_from(r.as_u64()?).ok()?,
                 None => 0,
             };
+            // The prefix this file holds, when it is not the environment's location.
+            let held = match a.get(3) {
+                Some(h) => Some(h.as_str().filter(|h| !h.is_empty())?.as_bytes()),
+                None => None,
+            };
+            let from = held.unwrap_or(&old);
             let mode = match a[1].as_str()? {
                 "text" => Mode::Text,
                 "binary" => Mode::Binary {
-                    room: padding.max(old.len()),
+                    room: padding.max(from.len()),
                 },
                 _ => return None,
             };
-            Some((path, mode))
+            Some((path, mode, from.to_vec(), held.map(|_| i)))
         });
-        let (path, mode) = parsed.ok_or_else(|| bad(format!("bad record {entry}")))?;
+        let (path, mode, from, own) = parsed.ok_or_else(|| bad(format!("bad record {entry}")))?;
         if member_path(path.as_bytes()).ok().flatten().is_none() {
             return Err(bad(format!("unsafe path {path:?}")));
         }
         records.push(Record {
             path: path.to_string(),
-            from: old.clone(),
+            from,
             mode,
+            own,
         });
     }
-    Ok(Some((old, records)))
+    Ok(Some((old, records, doc)))
 }
 
 /// conda-pack's records, if `bin/conda-unpack` is conda-pack's script.
@@ -282,6 +307,7 @@ fn conda_pack_records(root: &Path) -> Result<Option<Vec<Record>>, UnpackError> {
             path,
             from: placeholder,
             mode,
+            own: None,
         });
     }
     Ok(Some(records))
@@ -361,14 +387,14 @@ impl PyParser<'_> {
     }
 }
 
-/// Rewrites every record (in parallel), returning the number of files changed.
+/// Rewrites every record (in parallel), returning what became of each.
 fn rewrite_all(
     root: &Path,
     records: &[Record],
     new: &[u8],
     reporter: &SharedReporter,
     warnings: &mut Vec<Notice>,
-) -> Result<u64, UnpackError> {
+) -> Result<Vec<Outcome>, UnpackError> {
     let results: Vec<Result<Outcome, UnpackError>> = super::stage(
         reporter,
         Stage::Relocate,
@@ -384,14 +410,20 @@ fn rewrite_all(
                 .collect()
         },
     );
-    let mut rewritten = 0;
+    let mut outcomes = Vec::with_capacity(records.len());
     let mut skipped = Vec::new();
     for (r, outcome) in records.iter().zip(results) {
-        match outcome? {
-            Outcome::Rewritten => rewritten += 1,
-            Outcome::Unchanged => {}
+        let outcome = outcome?;
+        match &outcome {
+            Outcome::Rewritten | Outcome::Unchanged => {}
             Outcome::Skipped => skipped.push(r.path.as_str()),
+            Outcome::Kept(why) => warnings.push(Notice::warning(format!(
+                "{}: not relocated: {why}; it still names {}",
+                r.path,
+                String::from_utf8_lossy(&r.from)
+            ))),
         }
+        outcomes.push(outcome);
     }
     if !skipped.is_empty() {
         warnings.push(Notice::warning(format!(
@@ -400,13 +432,70 @@ fn rewrite_all(
             skipped.iter().take(5).copied().collect::<Vec<_>>().join(", ")
         )));
     }
-    Ok(rewritten)
+    Ok(outcomes)
 }
 
+/// What became of one record's file.
 enum Outcome {
     Rewritten,
+    /// It does not hold its prefix.
     Unchanged,
+    /// Missing, not a regular file, or below a symlink.
     Skipped,
+    /// A file holding its own prefix that cannot take the new one; why.
+    Kept(String),
+}
+
+/// Why a file whose record names its own prefix cannot take `new`, if it cannot before it is
+/// read: the new prefix is longer than its room, or cannot be recorded.
+fn unfit(r: &Record, new: &[u8]) -> Option<String> {
+    r.own?;
+    if std::str::from_utf8(new).is_err() {
+        return Some("the new prefix is not UTF-8, and its record could not name it".into());
+    }
+    match r.mode {
+        Mode::Binary { room } if new.len() > room => Some(format!(
+            "it can hold a prefix of at most {room} characters, and the new one has {}",
+            new.len()
+        )),
+        _ => None,
+    }
+}
+
+/// Sets the prefix each rewritten file whose record names its own prefix now holds, in
+/// `relocations.json` (written anew only when one changed).
+fn update_held(
+    root: &Path,
+    mut doc: serde_json::Value,
+    records: &[Record],
+    outcomes: &[Outcome],
+    new: &[u8],
+) -> Result<(), UnpackError> {
+    let Ok(new) = std::str::from_utf8(new) else {
+        return Ok(());
+    };
+    let Some(files) = doc
+        .get_mut("files")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return Ok(());
+    };
+    let mut changed = false;
+    for (r, outcome) in records.iter().zip(outcomes) {
+        if let (Some(i), Outcome::Rewritten) = (r.own, outcome)
+            && let Some(held) = files.get_mut(i).and_then(|e| e.get_mut(3))
+            && held.as_str() != Some(new)
+        {
+            *held = serde_json::Value::String(new.to_string());
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    let mut data = serde_json::to_vec_pretty(&doc).expect("a JSON value");
+    data.push(b'\n');
+    replace_file(root, scripts::RELOCATIONS, &data, 0o644)
 }
 
 /// Rewrites one file through a temporary file beside it.
@@ -426,6 +515,9 @@ fn rewrite(root: &Path, r: &Record, new: &[u8]) -> Result<Outcome, UnpackError> 
     let from = bytes::Needles::one(&r.from);
     if bytes::scan(open()?, &from).map_err(read_err)?.count == 0 {
         return Ok(Outcome::Unchanged);
+    }
+    if let Some(why) = unfit(r, new) {
+        return Ok(Outcome::Kept(why));
     }
     let dir = path.parent().unwrap_or(root);
     let write_err = |source| UnpackError::Write {
@@ -447,17 +539,21 @@ fn rewrite(root: &Path, r: &Record, new: &[u8]) -> Result<Outcome, UnpackError> 
             mode: Some(r.mode),
             ..Transform::default()
         };
-        bytes::apply(open()?, &mut w, &t, &from, new).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::Other {
-                UnpackError::Relocate {
+        match bytes::apply(open()?, &mut w, &t, &from, new) {
+            Ok(_) => {}
+            // The file does not have the layout its record describes: left as it is.
+            Err(source) if source.kind() == std::io::ErrorKind::Other && r.own.is_some() => {
+                return Ok(Outcome::Kept(source.to_string()));
+            }
+            Err(source) if source.kind() == std::io::ErrorKind::Other => {
+                return Err(UnpackError::Relocate {
                     path: r.path.clone(),
                     prefix: String::from_utf8_lossy(new).into_owned(),
                     source,
-                }
-            } else {
-                write_err(source)
+                });
             }
-        })?;
+            Err(source) => return Err(write_err(source)),
+        }
         w.flush().map_err(write_err)?;
     }
     tmp.as_file()
@@ -470,29 +566,41 @@ fn rewrite(root: &Path, r: &Record, new: &[u8]) -> Result<Outcome, UnpackError> 
 /// Records the environment's new location, and forgets any recorded failure: the
 /// self-relocation hooks then have nothing to do.
 fn write_location(root: &Path, new: &[u8]) -> Result<(), UnpackError> {
-    let dir = root.join(scripts::DATA_DIR);
-    let path = root.join(scripts::LOCATION);
-    let write_err = |source| UnpackError::Write {
-        path: path.clone(),
-        source,
-    };
-    // The folder was checked to be a real folder when relocations.json was read from it.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".location-")
-        .tempfile_in(&dir)
-        .map_err(write_err)?;
-    tmp.write_all(new).map_err(write_err)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(write_err)?;
-    tmp.persist(&path).map_err(|e| write_err(e.error))?;
-    let failed = dir.join("failed");
+    replace_file(root, scripts::LOCATION, new, 0o644)?;
+    let failed = root.join(scripts::DATA_DIR).join("failed");
     if std::fs::symlink_metadata(&failed).is_ok() {
         std::fs::remove_file(&failed).map_err(|source| UnpackError::Write {
             path: failed,
             source,
         })?;
     }
+    Ok(())
+}
+
+/// Replaces `rel` (a file of envpack's data folder) with `data` through a temporary file
+/// renamed over it, keeping its permission bits (`mode` for a new file).
+fn replace_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), UnpackError> {
+    let path = root.join(rel);
+    let dir = path.parent().unwrap_or(root);
+    let write_err = |source| UnpackError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mode = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map_or(mode, |m| m.permissions().mode() & 0o7777);
+    // The folder was checked to be a real folder when relocations.json was read from it.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".envpack-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.write_all(data).map_err(write_err)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(write_err)?;
+    tmp.persist(&path).map_err(|e| write_err(e.error))?;
     Ok(())
 }
 

@@ -732,50 +732,156 @@ fn a_full_disk_leaves_no_staging_and_names_the_output() {
 
 // ------------------------------------------- items 5, 6: binaries envpack cannot rewrite
 
+/// A prefix conda made (at a path shorter than the archive's placeholder, 31 characters)
+/// holding files no package installed, each with the prefix inside: a pickle-like blob, an
+/// ELF file (both as C strings) and a text file.
+struct Unrecorded {
+    prefix: PathBuf,
+    /// The prefix's path.
+    from: String,
+    blob: Vec<u8>,
+    elf: Vec<u8>,
+}
+
+const ELF: &str = "lib/libshort.so";
+const TEXT: &str = "share/models/config.txt";
+
+impl Unrecorded {
+    fn new(s: &Setup) -> Self {
+        let kept = s.path().join("k");
+        run_ok(
+            s.pack_in(&kept, &["--via-prefix", "--keep-work", "-o"])
+                .arg(s.path().join("first.tar")),
+        );
+        let prefix = s.path().join("p");
+        std::fs::rename(crate::support::kept_work_folder(&kept).join("env"), &prefix).unwrap();
+        let from = prefix.display().to_string();
+        assert!(from.len() < envpack::ARCHIVE_PREFIX.len(), "{from}");
+        let blob = [&b"\x80\x04\x95\x10\x00"[..], from.as_bytes(), b"\x00\x94."].concat();
+        let elf = [
+            &b"\x7fELF\x02\x01\x01\x00"[..],
+            // Not UTF-8, as any real ELF file (a UTF-8 file is text, relocated as text).
+            b"\xff\xfe\x00\x00\xc3\x28\x00\x00",
+            from.as_bytes(),
+            b"/lib:",
+            from.as_bytes(),
+            b"/lib64\x00\x00\x00tail",
+        ]
+        .concat();
+        std::fs::create_dir_all(prefix.join("share/models")).unwrap();
+        std::fs::write(prefix.join("share/models/model.pkl"), &blob).unwrap();
+        std::fs::write(prefix.join(TEXT), format!("root={from}/share\n")).unwrap();
+        std::fs::create_dir_all(prefix.join("lib")).unwrap();
+        std::fs::write(prefix.join(ELF), &elf).unwrap();
+        Self {
+            prefix,
+            from,
+            blob,
+            elf,
+        }
+    }
+
+    /// Packs the prefix into `out` with `extra` flags; returns stderr.
+    fn pack(&self, s: &Setup, out: &Path, extra: &[&str]) -> String {
+        let o = run_ok(
+            envpack()
+                .current_dir(s.path())
+                .args(["pack", "--no-progress", "-p"])
+                .arg(&self.prefix)
+                .arg("-o")
+                .arg(out)
+                .args(extra),
+        );
+        stderr(&o)
+    }
+
+    /// The ELF file as relocated for `to`: each string holds `to`, NUL padded, same length.
+    fn elf_for(&self, to: &str) -> Vec<u8> {
+        assert!(to.len() <= self.from.len());
+        let pad = 2 * (self.from.len() - to.len());
+        [
+            &b"\x7fELF\x02\x01\x01\x00"[..],
+            b"\xff\xfe\x00\x00\xc3\x28\x00\x00",
+            to.as_bytes(),
+            b"/lib:",
+            to.as_bytes(),
+            b"/lib64",
+            &vec![0u8; pad],
+            b"\x00\x00\x00tail",
+        ]
+        .concat()
+    }
+}
+
+/// The record of `rel` in the tree's `relocations.json`.
+fn record(tree: &Path, rel: &str) -> Option<serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tree.join("share/envpack/relocations.json")).unwrap(),
+    )
+    .unwrap();
+    doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == rel)
+        .cloned()
+}
+
+/// Every file and symlink below `dir` with its bytes, but the lock `conda-unpack` creates.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    crate::support::snapshot(dir)
+        .into_iter()
+        .filter(|(rel, _)| rel != "share/envpack/.lock")
+        .collect()
+}
+
+/// Runs the tree's own `bin/conda-unpack` with python3; returns stderr.
+fn conda_unpack(tree: &Path) -> String {
+    stderr(&run_ok(
+        Command::new("python3").arg(tree.join("bin/conda-unpack")),
+    ))
+}
+
+/// `envpack unpack ARCHIVE DEST`; returns stderr.
+fn unpack(archive: &Path, dest: &Path) -> String {
+    stderr(&run_ok(
+        envpack()
+            .args(["unpack", "--no-progress"])
+            .arg(archive)
+            .arg(dest),
+    ))
+}
+
+/// Unpacks `archive` at `dest` with `envpack unpack`, then again by extracting it there and
+/// running its `conda-unpack`: both must leave the same tree. Returns both stderrs.
+fn unpack_both_ways(archive: &Path, dest: &Path) -> (String, String) {
+    let native = unpack(archive, dest);
+    let by_envpack = files(dest);
+    std::fs::remove_dir_all(dest).unwrap();
+    crate::support::extract(archive, dest);
+    let script = conda_unpack(dest);
+    let by_script = files(dest);
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&by_envpack), names(&by_script));
+    for (a, b) in by_envpack.iter().zip(&by_script) {
+        assert!(a == b, "{}: envpack unpack and conda-unpack differ", a.0);
+    }
+    (native, script)
+}
+
 #[test]
 fn unrecorded_binaries_it_cannot_rewrite_are_packed_unchanged_with_a_warning() {
     let s = Setup::new(vec![small_package("plain5")], &["plain5"]);
-    // A prefix at a path shorter than the archive's placeholder (31 characters).
-    let kept = s.path().join("k");
-    run_ok(
-        s.pack_in(&kept, &["--via-prefix", "--keep-work", "-o"])
-            .arg(s.path().join("first.tar")),
-    );
-    let prefix = s.path().join("p");
-    std::fs::rename(crate::support::kept_work_folder(&kept).join("env"), &prefix).unwrap();
-    let from = prefix.display().to_string();
-    assert!(from.len() < envpack::ARCHIVE_PREFIX.len(), "{from}");
-    // A pickle-like blob (not ELF) and an ELF file, each holding the prefix as a C string.
-    let blob = [&b"\x80\x04\x95\x10\x00"[..], from.as_bytes(), b"\x00\x94."].concat();
-    let elf = [
-        &b"\x7fELF\x02\x01\x01\x00"[..],
-        // Not UTF-8, as any real ELF file (a UTF-8 file is text, relocated as text).
-        b"\xff\xfe\x00\x00\xc3\x28\x00\x00",
-        from.as_bytes(),
-        b"/lib\x00\x00\x00",
-    ]
-    .concat();
-    std::fs::create_dir_all(prefix.join("share/models")).unwrap();
-    std::fs::write(prefix.join("share/models/model.pkl"), &blob).unwrap();
-    std::fs::create_dir_all(prefix.join("lib")).unwrap();
-    std::fs::write(prefix.join("lib/libshort.so"), &elf).unwrap();
-
+    let u = Unrecorded::new(&s);
     let out = s.path().join("out.tar");
-    let o = run_ok(
-        envpack()
-            .current_dir(s.path())
-            .args(["pack", "--no-progress", "-p"])
-            .arg(&prefix)
-            .arg("-o")
-            .arg(&out),
-    );
-    let err = stderr(&o);
+    let err = u.pack(&s, &out, &[]);
     assert!(
         err.contains("share/models/model.pkl: a binary file not installed by conda (and not ELF) holds the build prefix; packed unchanged"),
         "{err}"
     );
+    let (from, room) = (&u.from, u.from.len());
     assert!(
-        err.contains("lib/libshort.so: an ELF file not installed by conda holds the build prefix, which is shorter than the archive's placeholder; packed unchanged"),
+        err.contains(&format!("{ELF}: an ELF file not installed by conda holds the build prefix {from}, which is shorter than the archive's prefix {}; packed unchanged, it is relocated at unpack only to paths of at most {room} characters", envpack::ARCHIVE_PREFIX)),
         "{err}"
     );
     assert!(!err.contains("--dest-prefix"), "{err}");
@@ -783,9 +889,129 @@ fn unrecorded_binaries_it_cannot_rewrite_are_packed_unchanged_with_a_warning() {
     crate::support::extract(&out, &x);
     assert_eq!(
         std::fs::read(x.join("share/models/model.pkl")).unwrap(),
-        blob
+        u.blob
     );
-    assert_eq!(std::fs::read(x.join("lib/libshort.so")).unwrap(), elf);
+    assert_eq!(std::fs::read(x.join(ELF)).unwrap(), u.elf);
+    // Its record names the prefix it holds; the others keep the three elements earlier
+    // envpack versions wrote (and read), and the blob has none.
+    assert_eq!(record(&x, ELF), Some(json!([ELF, "binary", room, from])));
+    assert_eq!(record(&x, TEXT), Some(json!([TEXT, "text", 0])));
+    assert_eq!(record(&x, "share/models/model.pkl"), None);
+}
+
+/// Item 6: the ELF file packed unchanged is relocated by `envpack unpack` and by its
+/// `conda-unpack` wherever the new prefix fits its strings, and moves again with the tree.
+#[test]
+fn an_unrecorded_elf_is_relocated_at_unpack_where_the_new_prefix_fits() {
+    let s = Setup::new(vec![small_package("plain6")], &["plain6"]);
+    let u = Unrecorded::new(&s);
+    let out = s.path().join("out.tar");
+    u.pack(&s, &out, &[]);
+    // As long as the build prefix, then shorter.
+    let d = s.path().join("d");
+    assert_eq!(d.display().to_string().len(), u.from.len());
+    let (native, script) = unpack_both_ways(&out, &d);
+    let d = d.canonicalize().unwrap().display().to_string();
+    for err in [&native, &script] {
+        assert!(!err.contains("not relocated"), "{err}");
+    }
+    let elf = std::fs::read(s.path().join("d").join(ELF)).unwrap();
+    assert_eq!(elf, u.elf_for(&d));
+    assert!(!crate::support::contains(&elf, u.from.as_bytes()));
+    assert_eq!(
+        record(&s.path().join("d"), ELF),
+        Some(json!([ELF, "binary", u.from.len(), d]))
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("d").join(TEXT)).unwrap(),
+        format!("root={d}/share\n")
+    );
+    // Moved to another path that fits, it is relocated again.
+    let short = s.path().join("e");
+    std::fs::rename(s.path().join("d"), &short).unwrap();
+    let err = conda_unpack(&short);
+    assert!(!err.contains("not relocated"), "{err}");
+    let short = short.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        std::fs::read(s.path().join("e").join(ELF)).unwrap(),
+        u.elf_for(&short)
+    );
+    assert_eq!(
+        record(&s.path().join("e"), ELF),
+        Some(json!([ELF, "binary", u.from.len(), short]))
+    );
+}
+
+/// Item 6: where the new prefix does not fit, the ELF file is left as it was packed, with a
+/// warning naming it and its limit; everything else is relocated, and a later move to a short
+/// enough path relocates it.
+#[test]
+fn an_unrecorded_elf_is_left_with_a_warning_where_the_new_prefix_does_not_fit() {
+    let s = Setup::new(vec![small_package("plain6b")], &["plain6b"]);
+    let u = Unrecorded::new(&s);
+    let out = s.path().join("out.tar");
+    u.pack(&s, &out, &[]);
+    let long = s.path().join("a-destination-longer-than-the-build-prefix");
+    let (native, script) = unpack_both_ways(&out, &long);
+    let l = long.canonicalize().unwrap().display().to_string();
+    let room = u.from.len();
+    assert!(
+        native.contains(&format!("{ELF}: not relocated: it can hold a prefix of at most {room} characters, and the new one has {}", l.len())),
+        "{native}"
+    );
+    assert!(
+        script.contains(&format!("{l}/{ELF} was not relocated: it can hold a prefix of at most {room} characters, and the new one has {}", l.len())),
+        "{script}"
+    );
+    assert_eq!(std::fs::read(long.join(ELF)).unwrap(), u.elf);
+    assert_eq!(
+        record(&long, ELF),
+        Some(json!([ELF, "binary", room, u.from])),
+        "the record still names what the file holds"
+    );
+    assert_eq!(
+        std::fs::read_to_string(long.join("share/envpack/location")).unwrap(),
+        l
+    );
+    assert_eq!(
+        std::fs::read_to_string(long.join(TEXT)).unwrap(),
+        format!("root={l}/share\n")
+    );
+    assert_eq!(
+        crate::support::files_containing(&long, envpack::ARCHIVE_PREFIX.as_bytes()),
+        ["share/envpack/relocations.json"]
+    );
+    // Moved to a short enough path, it is relocated from the prefix it still holds.
+    let m = s.path().join("m");
+    std::fs::rename(&long, &m).unwrap();
+    let err = conda_unpack(&m);
+    assert!(!err.contains("not relocated"), "{err}");
+    let m = m.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        std::fs::read(s.path().join("m").join(ELF)).unwrap(),
+        u.elf_for(&m)
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("m").join(TEXT)).unwrap(),
+        format!("root={m}/share\n")
+    );
+
+    // Packed for a --dest-prefix longer than the build prefix: the same rule.
+    let dest = s.path().join("opt/the-final-place-of-the-environment");
+    let out = s.path().join("dest.tar");
+    let err = u.pack(&s, &out, &["--dest-prefix", &dest.display().to_string()]);
+    assert!(
+        err.contains(&format!("{ELF}: an ELF file not installed by conda holds the build prefix {}, which is shorter than the archive's prefix {}; packed unchanged, it is relocated at unpack only to paths of at most {room} characters", u.from, dest.display())),
+        "{err}"
+    );
+    let n = s.path().join("n");
+    let err = unpack(&out, &n);
+    assert!(!err.contains("not relocated"), "{err}");
+    let n = n.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        std::fs::read(s.path().join("n").join(ELF)).unwrap(),
+        u.elf_for(&n)
+    );
 }
 
 // ------------------------------------------ items 11, 13, 14: input checks and messages
