@@ -110,17 +110,17 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar",
         &[],
-        "192d109e7bcebbecf5ee4126fab43b7744920832a51372b343118bed1e95b1e9",
+        "0102cb8553cda62e321cd82b286c86df1a3424635a64580c8727b7b3845e97e1",
     ),
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "3b593d8d4f8cc7d682e502373efcc2687ef12c85478db71e3a414d97e149c04a",
+        "0f7b4c53ae8e6b7b81d434bf1e362e0dd684dd776a3c98c011220ff0f6a2e7b4",
     ),
     (
         "env.tar.zst",
         &["--compress-level", "3"],
-        "9cd591f7ec5a6bb38bb0ea5ef45dd8207265f860262c6dd87f579f8e2b0729cd",
+        "6c0666b9ac391408a91f91a7489399cab3eeaa77b03e1711b38f637d656f7ff5",
     ),
 ];
 
