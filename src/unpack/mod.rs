@@ -13,7 +13,9 @@
 //! do it (text files: every occurrence replaced; binary files: inside C strings, length kept,
 //! growing only into the room the package's placeholder left), from envpack's
 //! `share/envpack/relocations.json` or from the records conda-pack embeds in its
-//! `bin/conda-unpack`. An envpack environment is then marked relocated
+//! `bin/conda-unpack`. An ELF file conda did not install that still holds its own, shorter
+//! build prefix is relocated only where the new prefix fits; elsewhere it is left as it is,
+//! with a warning. An envpack environment is then marked relocated
 //! (`share/envpack/location`), so its first activation or Python start does nothing more.
 
 mod extract;

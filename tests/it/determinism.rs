@@ -110,17 +110,17 @@ const PINNED: &[(&str, &[&str], &str)] = &[
     (
         "env.tar",
         &[],
-        "0102cb8553cda62e321cd82b286c86df1a3424635a64580c8727b7b3845e97e1",
+        "b49b3850a1c6639e2ea76442bd8a1665ad10791b92b8a8ebef0188b2bf3ac3dc",
     ),
     (
         "env.tar.gz",
         &["--compress-level", "4"],
-        "0f7b4c53ae8e6b7b81d434bf1e362e0dd684dd776a3c98c011220ff0f6a2e7b4",
+        "a7616ee0c03c584aba42e64cae5a8b4cc31d502360d8816e6be1a8428130d716",
     ),
     (
         "env.tar.zst",
         &["--compress-level", "3"],
-        "6c0666b9ac391408a91f91a7489399cab3eeaa77b03e1711b38f637d656f7ff5",
+        "1cbf7e974f1b85df3bfe80b6ac5468ca06564e1d3f60f82a628c4375de7de7a4",
     ),
 ];
 

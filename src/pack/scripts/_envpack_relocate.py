@@ -4,8 +4,9 @@ Fast path (nothing to do): one small file read. When the environment that
 holds this file has been moved (share/envpack/location differs from its real
 path) and share/envpack/auto-relocate exists, load <env>/bin/conda-unpack by
 path and run its relocate() in auto mode. Never raises; prints one line to
-stderr only when the relocation failed. Set ENVPACK_NO_AUTO_RELOCATE=1 to
-disable it.
+stderr only when the relocation failed, or for each file it had to leave as
+it was (a file holding its own prefix, whose room the new one exceeds). Set
+ENVPACK_NO_AUTO_RELOCATE=1 to disable it.
 
 The environment is located from this file (<env>/lib/pythonX.Y/site-packages),
 not from sys.prefix: for the environment's own interpreter they are the same,
