@@ -586,6 +586,60 @@ def python_hook(tmp):
 
 
 @test
+def python_hook_own_prefix(tmp):
+    """A record naming the prefix its file holds (an ELF file conda did not
+    install, packed unchanged): the hook relocates it where the new prefix
+    fits its room, else leaves it with one warning line; the record follows
+    what the file holds."""
+    if sys.version_info[:2] != (3, 11):
+        raise Skip("fake env layout assumes python3.11")
+    env = make_venv_env(os.path.join(tmp, "built"))
+    own = long_dir(os.path.join(tmp, "own"), 90)  # the file's build prefix
+
+    def blob(p):
+        s = (p + "/lib").encode()
+        return HEADER + s + b"\0" * (len(own) - len(p) + 1) + SEP
+
+    def record(e):
+        return json.loads(read(e, "share/envpack/relocations.json"))["files"][-1]
+
+    with open(env + "/lib/libown.so", "wb") as f:
+        f.write(blob(own))
+    path = env + "/share/envpack/relocations.json"
+    doc = json.loads(read(env, "share/envpack/relocations.json"))
+    doc["files"].append(["lib/libown.so", "binary", len(own), own])
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    fits = long_dir(tmp, 80)
+    os.rename(env, fits)
+    r = run([fits + "/bin/python", "-c", "pass"], check=True)
+    assert r.stderr == "", r.stderr
+    assert read(fits, "lib/libown.so", "rb") == blob(fits)
+    assert record(fits) == ["lib/libown.so", "binary", len(own), fits], record(fits)
+    check_relocated(fits)
+    # too long for it: everything else is relocated, it is left as it is
+    far = long_dir(tmp, 120)
+    os.rename(fits, far)
+    r = run([far + "/bin/python", "-c", "print('ran')"], check=True)
+    assert r.stdout == "ran\n", r.stdout
+    assert r.stderr == ("envpack: %s/lib/libown.so was not relocated: it can hold a prefix "
+                        "of at most %d characters, and the new one has %d; it still names %s\n"
+                        % (far, len(own), len(far), fits)), r.stderr
+    assert read(far, "lib/libown.so", "rb") == blob(fits)
+    assert record(far) == ["lib/libown.so", "binary", len(own), fits], record(far)
+    check_relocated(far)
+    r = run([far + "/bin/python", "-c", "pass"], check=True)
+    assert r.stderr == "", "said again at the next start: " + r.stderr
+    # back within its room: relocated from what it still holds
+    near = os.path.join(tmp, "n")
+    os.rename(far, near)
+    r = run([near + "/bin/python", "-c", "pass"], check=True)
+    assert r.stderr == "", r.stderr
+    assert read(near, "lib/libown.so", "rb") == blob(os.path.realpath(near))
+    check_relocated(near)
+
+
+@test
 def python_hook_concurrent(tmp):
     if sys.version_info[:2] != (3, 11):
         raise Skip("fake env layout assumes python3.11")
