@@ -58,6 +58,11 @@ pub fn cases() -> Vec<Case> {
             needs: &[Needs::Channel, Needs::Servers],
             run: envpack_unpack_leaves_what_each_conda_unpack_leaves,
         },
+        Case {
+            name: "parity::conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them",
+            needs: &[Needs::Channel, Needs::Servers],
+            run: conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them,
+        },
     ]
 }
 
@@ -332,49 +337,9 @@ fn envpack_unpack_leaves_what_each_conda_unpack_leaves() -> Result<(), Failed> {
     );
     let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
     let target = base.path().join("env");
-    for (name, tarball, script) in [
-        ("conda-pack", &cp_tarball, true),
-        ("envpack", &envpack_tarball, false),
-    ] {
-        support::extract(tarball, &target);
-        let mut cmd = if script {
-            // conda-pack's conda-unpack is `#!/usr/bin/env python`.
-            let mut c = Command::new("python3");
-            c.arg(target.join("bin/conda-unpack"));
-            c
-        } else {
-            Command::new(target.join("bin/conda-unpack"))
-        };
-        run_ok(cmd.current_dir(&target));
-        let mut by_script = tree(&target);
-        by_script.remove("share/envpack/.lock");
-        std::fs::remove_dir_all(&target)?;
-        let started = Instant::now();
-        let out = run_ok(
-            envpack()
-                .args(["unpack", "--json"])
-                .arg(tarball)
-                .arg(&target),
-        );
-        let took = started.elapsed();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        ensure(
-            v["origin"] == name && v["relocated"].as_u64().unwrap_or(0) > 10,
-            format!("{name}: {v}"),
-        )?;
-        let by_envpack = tree(&target);
-        let differences = tree_differences(&by_script, &by_envpack);
-        ensure(
-            differences.is_empty(),
-            format!(
-                "{name}: conda-unpack / envpack unpack differ:\n{}",
-                differences.join("\n")
-            ),
-        )?;
-        ensure(
-            by_envpack.len() > 1000,
-            format!("{name}: only {} entries", by_envpack.len()),
-        )?;
+    for (name, tarball) in [("conda-pack", &cp_tarball), ("envpack", &envpack_tarball)] {
+        let entries = unpack_both_ways(name, tarball, &target, 10)?;
+        ensure(entries > 1000, format!("{name}: only {entries} entries"))?;
         // And the environment works where it is, without any further step.
         let py = run_ok(
             Command::new(target.join("bin/python"))
@@ -392,12 +357,246 @@ fn envpack_unpack_leaves_what_each_conda_unpack_leaves() -> Result<(), Failed> {
             !base.path().join("log").exists(),
             format!("{name}: the first Python start relocated files again"),
         )?;
-        eprintln!(
-            "unpack parity ({name}): {} entries identical; envpack unpack took {:.2} s",
-            by_envpack.len(),
-            took.as_secs_f64()
-        );
         std::fs::remove_dir_all(&target)?;
     }
+    Ok(())
+}
+
+/// Extracts `tarball` (made by `origin`: "conda-pack" or "envpack") at `target` and runs its
+/// own `conda-unpack` (conda-pack's with the host's python3: its shebang is
+/// `#!/usr/bin/env python`), then extracts it again at the same path with `envpack unpack`:
+/// the two trees must be the same, file by file, and envpack must have relocated at least
+/// `min_relocated` files. Leaves envpack's tree at `target`; returns its number of entries.
+fn unpack_both_ways(
+    origin: &str,
+    tarball: &Path,
+    target: &Path,
+    min_relocated: u64,
+) -> Result<usize, Failed> {
+    support::extract(tarball, target);
+    let mut cmd = if origin == "conda-pack" {
+        let mut c = Command::new("python3");
+        c.arg(target.join("bin/conda-unpack"));
+        c
+    } else {
+        Command::new(target.join("bin/conda-unpack"))
+    };
+    run_ok(cmd.current_dir(target));
+    let mut by_script = tree(target);
+    by_script.remove("share/envpack/.lock");
+    std::fs::remove_dir_all(target)?;
+    let started = Instant::now();
+    let out = run_ok(
+        envpack()
+            .args(["unpack", "--json"])
+            .arg(tarball)
+            .arg(target),
+    );
+    let took = started.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure(
+        v["origin"] == origin && v["relocated"].as_u64().unwrap_or(0) >= min_relocated,
+        format!("{origin}: {v}"),
+    )?;
+    let by_envpack = tree(target);
+    let differences = tree_differences(&by_script, &by_envpack);
+    ensure(
+        differences.is_empty(),
+        format!(
+            "{origin}: conda-unpack / envpack unpack differ:\n{}",
+            differences.join("\n")
+        ),
+    )?;
+    eprintln!(
+        "unpack parity ({origin}, {}): {} entries identical; envpack unpack took {:.2} s",
+        tarball.display(),
+        by_envpack.len(),
+        took.as_secs_f64()
+    );
+    Ok(by_envpack.len())
+}
+
+/// conda-pack's own test environments (its `testing/env_yamls` and `setup_envs.sh`), made
+/// with what this machine has: the test channel stands in for conda-forge (Python 3.11 where
+/// conda-pack uses 3.9), and its `ctools` channel's two test libraries (noarch Python, each
+/// with a console script) are built here. Each environment is staged by envpack, packed by
+/// conda-pack as its tests pack it, and unpacked both by conda-pack's `conda-unpack` and by
+/// `envpack unpack` at one path: the same trees, and the environment works.
+/// - basic_python: the libraries, pip, a `pip:` wheel (cowsay, where conda-pack's installs
+///   pytest), and the stray `bin/activate`, `bin/deactivate`, `bin/conda` setup_envs.sh
+///   touches for conda-pack to replace;
+/// - basic_python_missing_files: a library's `.py` files removed, packed with
+///   `--ignore-missing-files`;
+/// - activate_scripts: Python with an `activate.d`/`deactivate.d` pair that activation runs;
+/// - nopython: one C library and its tools, no Python (xz where conda-pack uses snappy).
+///
+/// (has_conda needs conda itself and basic_python_editable a `setup.py develop`: neither is
+/// available here.)
+#[allow(clippy::too_many_lines)]
+fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Result<(), Failed> {
+    use crate::support::channel::{Channel, Package};
+    use std::fmt::Write as _;
+    let servers = ServersDir::from_env()?;
+    let conda_pack = servers.root.join("condapack/bin/conda-pack");
+    ensure(
+        conda_pack.is_file(),
+        format!("{} is missing", conda_pack.display()),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let mut ctools = Channel::new(&dir.path().join("ctools"));
+    for n in ["1", "2"] {
+        let module = format!("conda_pack_test_lib{n}");
+        ctools.add(
+            Package::new(&format!("conda_pack_test_lib{n}"), "0.0.1")
+                .depends("python >=3.11")
+                .noarch_python(&[&format!("conda-pack-test-lib{n} = {module}.cli:main")])
+                .file(&format!("site-packages/{module}/__init__.py"), "")
+                .file(
+                    &format!("site-packages/{module}/cli.py"),
+                    format!("def main():\n    print('{module} ok')\n"),
+                ),
+        );
+    }
+    ctools.write();
+    let ctools_url = format!("file://{}", dir.path().join("ctools").display());
+    let stage = |name: &str, deps: &[&str], pip: &[&str]| -> PathBuf {
+        let folder = dir.path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut text =
+            format!("name: {name}\nchannels: [{ctools_url}, conda-forge]\ndependencies:\n");
+        for d in deps {
+            let _ = writeln!(text, "  - {d}");
+        }
+        if !pip.is_empty() {
+            text += "  - pip:\n";
+            for p in pip {
+                let _ = writeln!(text, "      - {p}");
+            }
+        }
+        std::fs::write(folder.join("environment.yml"), text).unwrap();
+        let work = folder.join("work");
+        run_ok(
+            envpack()
+                .arg("pack")
+                .arg(folder.join("environment.yml"))
+                .arg("-o")
+                .arg(folder.join("envpack.tar.gz"))
+                .args(["--mirror", &crate::mirror_arg(), "--keep-work", "-q"])
+                .arg("--work-dir")
+                .arg(&work)
+                .env("PIP_NO_INDEX", "1")
+                .env("PIP_FIND_LINKS", servers.wheels()),
+        );
+        support::kept_work_folder(&work).join("env")
+    };
+    let conda_pack_it = |name: &str, prefix: &Path, extra: &[&str]| -> PathBuf {
+        let out = dir.path().join(name).join("conda-pack.tar.gz");
+        run_ok(
+            Command::new(&conda_pack)
+                .arg("-p")
+                .arg(prefix)
+                .arg("-o")
+                .arg(&out)
+                .arg("-q")
+                .args(extra),
+        );
+        out
+    };
+    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
+    let target = base.path().join("env");
+    // conda-pack's `bin/activate` knows bash and zsh, not dash.
+    let sh = |script: &str| -> String {
+        let out = run_ok(
+            Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&target),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // basic_python.
+    let lib_deps = [
+        "python=3.11",
+        "conda_pack_test_lib1",
+        "conda_pack_test_lib2",
+        "pip",
+    ];
+    let prefix = stage("basic_python", &lib_deps, &["cowsay"]);
+    for stray in ["bin/activate", "bin/deactivate", "bin/conda"] {
+        std::fs::write(prefix.join(stray), "")?;
+    }
+    let tarball = conda_pack_it("basic_python", &prefix, &[]);
+    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
+    let out = sh(
+        ". bin/activate && conda-pack-test-lib1 && conda-pack-test-lib2 && cowsay -t moo && python -c 'import sys; print(sys.prefix)'",
+    );
+    for expected in [
+        "conda_pack_test_lib1 ok",
+        "conda_pack_test_lib2 ok",
+        "moo",
+        &target.display().to_string(),
+    ] {
+        ensure(
+            out.contains(expected),
+            format!("basic_python: {expected:?} not in:\n{out}"),
+        )?;
+    }
+    ensure(
+        std::fs::read(target.join("bin/conda")).is_err(),
+        "basic_python: the stray bin/conda was packed",
+    )?;
+    std::fs::remove_dir_all(&target)?;
+
+    // basic_python_missing_files. (conda-pack's entry points say `#!/usr/bin/env python3.11`:
+    // they run in the environment once it is activated.)
+    let prefix = stage("basic_python_missing_files", &lib_deps, &[]);
+    let site = prefix.join("lib/python3.11/site-packages/conda_pack_test_lib2");
+    std::fs::remove_file(site.join("cli.py"))?;
+    let tarball = conda_pack_it(
+        "basic_python_missing_files",
+        &prefix,
+        &["--ignore-missing-files"],
+    );
+    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
+    let out = sh(
+        ". bin/activate && conda-pack-test-lib1 && test ! -e lib/python3.11/site-packages/conda_pack_test_lib2/cli.py && echo missing-stays-missing",
+    );
+    ensure(
+        out.contains("conda_pack_test_lib1 ok") && out.contains("missing-stays-missing"),
+        format!("basic_python_missing_files:\n{out}"),
+    )?;
+    std::fs::remove_dir_all(&target)?;
+
+    // activate_scripts.
+    let prefix = stage("activate_scripts", &["python=3.11"], &[]);
+    for (d, body) in [
+        ("activate.d", "export CONDAPACK_ACTIVATED=1\n"),
+        ("deactivate.d", "unset CONDAPACK_ACTIVATED\n"),
+    ] {
+        let folder = prefix.join("etc/conda").join(d);
+        std::fs::create_dir_all(&folder)?;
+        std::fs::write(folder.join("conda_pack_test.sh"), body)?;
+    }
+    let tarball = conda_pack_it("activate_scripts", &prefix, &[]);
+    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
+    let out = sh(
+        ". bin/activate && echo \"on=$CONDAPACK_ACTIVATED\" && . bin/deactivate && echo \"off=${CONDAPACK_ACTIVATED:-unset}\"",
+    );
+    ensure(
+        out.contains("on=1") && out.contains("off=unset"),
+        format!("activate_scripts:\n{out}"),
+    )?;
+    std::fs::remove_dir_all(&target)?;
+
+    // nopython.
+    let prefix = stage("nopython", &["xz"], &[]);
+    let tarball = conda_pack_it("nopython", &prefix, &[]);
+    unpack_both_ways("conda-pack", &tarball, &target, 1)?;
+    let out = sh("bin/xz --version && grep '^prefix=' lib/pkgconfig/liblzma.pc");
+    ensure(
+        out.contains("xz (XZ Utils)") && out.contains(&format!("prefix={}", target.display())),
+        format!("nopython:\n{out}"),
+    )?;
     Ok(())
 }
