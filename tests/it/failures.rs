@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::fixture::{Fixture, pack_prefix};
-use crate::support::{envpack, run_err, run_ok, stderr};
+use crate::support::{envpack, incompressible, run_err, run_ok, stderr};
 
 #[test]
 fn unsolvable_environments_explain_why() {
@@ -95,15 +95,7 @@ fn an_interrupted_pack_leaves_no_partial_output() {
     let prefix = d.path().join("env");
     std::fs::create_dir_all(prefix.join("conda-meta")).unwrap();
     // Enough incompressible bytes that packing at level 9 on one thread takes a while.
-    let mut data = vec![0u8; 96 << 20];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for b in &mut data {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x.to_le_bytes()[3];
-    }
-    std::fs::write(prefix.join("big.bin"), &data).unwrap();
+    std::fs::write(prefix.join("big.bin"), incompressible(96 << 20)).unwrap();
     let out_dir = d.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let mut child = envpack()
@@ -161,15 +153,7 @@ fn a_pack_that_fails_midway_leaves_no_output_and_no_temp_file() {
     let f = Fixture::new();
     let prefix = f.existing("stage");
     // Incompressible content, larger than the file size limit set below.
-    let mut noise = Vec::with_capacity(1 << 20);
-    let mut x: u32 = 0x1234_5678;
-    for _ in 0..(1 << 20) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        noise.push(x.to_le_bytes()[0]);
-    }
-    std::fs::write(prefix.join("share/big.bin"), &noise).unwrap();
+    std::fs::write(prefix.join("share/big.bin"), incompressible(1 << 20)).unwrap();
     let outdir = f.path().join("outdir");
     std::fs::create_dir(&outdir).unwrap();
     // Writes beyond 256 KiB fail with EFBIG (SIGXFSZ ignored): a failure while writing the

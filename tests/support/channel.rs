@@ -53,6 +53,8 @@ pub struct Package {
     pub entry_points: Vec<String>,
     pub files: Vec<PkgFile>,
     pub tar_bz2: bool,
+    /// Written at the format's lowest compression level ([`Package::fast`]).
+    pub fast: bool,
     /// Extra `info/paths.json` entries, written as given (hostile packages).
     pub raw_entries: Vec<Value>,
 }
@@ -68,6 +70,7 @@ impl Package {
             entry_points: Vec::new(),
             files: Vec::new(),
             tar_bz2: false,
+            fast: false,
             raw_entries: Vec::new(),
         }
     }
@@ -135,6 +138,12 @@ impl Package {
     }
     pub fn tar_bz2(mut self) -> Self {
         self.tar_bz2 = true;
+        self
+    }
+    /// Written at the lowest compression level: for large payloads that do not compress,
+    /// on which the default level (zstd 15) spends seconds.
+    pub fn fast(mut self) -> Self {
+        self.fast = true;
         self
     }
     pub fn subdir(&self) -> &'static str {
@@ -222,22 +231,16 @@ impl Package {
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join(self.file_name());
         let file = std::fs::File::create(&out).unwrap();
+        let level = if self.fast {
+            CompressionLevel::Lowest
+        } else {
+            CompressionLevel::Default
+        };
         if self.tar_bz2 {
-            write_tar_bz2_package(file, base, &paths, CompressionLevel::Default, None, None)
-                .unwrap();
+            write_tar_bz2_package(file, base, &paths, level, None, None).unwrap();
         } else {
             let stem = self.file_name().trim_end_matches(".conda").to_string();
-            write_conda_package(
-                file,
-                base,
-                &paths,
-                CompressionLevel::Default,
-                None,
-                &stem,
-                None,
-                None,
-            )
-            .unwrap();
+            write_conda_package(file, base, &paths, level, None, &stem, None, None).unwrap();
         }
         out
     }

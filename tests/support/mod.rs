@@ -89,6 +89,21 @@ pub fn run_err(cmd: &mut Command) -> Output {
     out
 }
 
+/// `n` bytes that do not compress (xorshift): packing many of them at a high level takes a
+/// while, and their archive is as large as they are.
+pub fn incompressible(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
 /// A command's standard error, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
