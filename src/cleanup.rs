@@ -15,8 +15,8 @@
 //! output appears complete and the handler says so, or it never appears.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PUBLISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -39,20 +39,22 @@ impl Drop for Guard {
     }
 }
 
-/// Registers `path` (a file or a folder) for removal on interrupt, and locks it so that
-/// [`sweep`] leaves it alone while this process lives.
-#[must_use]
-pub fn register(path: &Path) -> Guard {
-    let lock = std::fs::File::open(path)
+/// Makes a temporary (a file or a folder) with `make` and registers the path `path` names in
+/// it for removal on interrupt, locked so that [`sweep`] leaves it alone while this process
+/// lives. One step: an interrupt arrives before (nothing is made: once the handler runs, this
+/// call blocks until the process exits) or after (it is removed), never between the two.
+pub fn create<T>(
+    make: impl FnOnce() -> std::io::Result<T>,
+    path: impl FnOnce(&T) -> &Path,
+) -> std::io::Result<(T, Guard)> {
+    let mut registry = REGISTERED.lock().unwrap_or_else(PoisonError::into_inner);
+    let temporary = make()?;
+    let path = path(&temporary).to_path_buf();
+    let lock = std::fs::File::open(&path)
         .ok()
         .filter(|f| f.try_lock().is_ok());
-    if let Ok(mut r) = REGISTERED.lock() {
-        r.push(path.to_path_buf());
-    }
-    Guard {
-        path: path.to_path_buf(),
-        _lock: lock,
-    }
+    registry.push(path.clone());
+    Ok((temporary, Guard { path, _lock: lock }))
 }
 
 /// Whether an interrupt arrived: the main thread then leaves the exit to the handler.
@@ -145,6 +147,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("env/bin")).unwrap();
         let kept = d.path().join("kept");
         std::fs::write(&kept, "x").unwrap();
+        let register = |p: &Path| create(|| Ok(p.to_path_buf()), PathBuf::as_path).unwrap().1;
         let g1 = register(&file);
         let g2 = register(&dir);
         drop(register(&kept));

@@ -1135,13 +1135,17 @@ const IN_USE: &str = ".envpack-in-use";
 fn work_dir(settings: &Settings) -> Result<(tempfile::TempDir, crate::cleanup::Guard), Error> {
     fs_err::create_dir_all(&settings.work_dir).map_err(install::InstallError::from)?;
     sweep_staging(settings);
-    let dir = tempfile::Builder::new()
-        .prefix("envpack-")
-        .tempdir_in(&settings.work_dir)
-        .map_err(install::InstallError::from)?;
-    // Registered (and locked) before it is marked: a marked folder is always locked while
-    // its run lives.
-    let guard = crate::cleanup::register(dir.path());
+    // Registered (and locked) as it is made, before it is marked: a marked folder is always
+    // locked while its run lives.
+    let (dir, guard) = crate::cleanup::create(
+        || {
+            tempfile::Builder::new()
+                .prefix("envpack-")
+                .tempdir_in(&settings.work_dir)
+        },
+        tempfile::TempDir::path,
+    )
+    .map_err(install::InstallError::from)?;
     fs_err::write(dir.path().join(IN_USE), b"").map_err(install::InstallError::from)?;
     Ok((dir, guard))
 }

@@ -143,24 +143,30 @@ pub fn temp_file_beside(
     out: &Path,
 ) -> std::io::Result<(tempfile::NamedTempFile, crate::cleanup::Guard)> {
     let (dir, prefix) = temp_beside(out);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".partial")
-        .tempfile_in(dir)?;
-    let guard = crate::cleanup::register(tmp.path());
-    Ok((tmp, guard))
+    crate::cleanup::create(
+        || {
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".partial")
+                .tempfile_in(dir)
+        },
+        tempfile::NamedTempFile::path,
+    )
 }
 
 /// A temporary folder beside `out`, to be renamed onto it, removed if the process is
 /// interrupted.
 pub fn temp_dir_beside(out: &Path) -> std::io::Result<(tempfile::TempDir, crate::cleanup::Guard)> {
     let (dir, prefix) = temp_beside(out);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".partial")
-        .tempdir_in(dir)?;
-    let guard = crate::cleanup::register(tmp.path());
-    Ok((tmp, guard))
+    crate::cleanup::create(
+        || {
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".partial")
+                .tempdir_in(dir)
+        },
+        tempfile::TempDir::path,
+    )
 }
 
 /// 0644 less the umask, as for any file a user creates (never conda-pack's 0600).
@@ -377,12 +383,12 @@ pub fn write_dir(
             source,
         };
         match &m.body {
-            Body::Dir => fs_err::create_dir_all(&dest).map_err(io_err)?,
+            Body::Dir => create_dir_below(tmp.path(), &dest).map_err(io_err)?,
             Body::Symlink(target) => std::os::unix::fs::symlink(target, &dest).map_err(io_err)?,
             Body::Generated { data, executable } => {
                 // The manifest comes before its folder.
                 if let Some(parent) = dest.parent() {
-                    fs_err::create_dir_all(parent).map_err(io_err)?;
+                    create_dir_below(tmp.path(), parent).map_err(io_err)?;
                 }
                 fs_err::write(&dest, data).map_err(io_err)?;
                 fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(mode(*executable)))
@@ -420,6 +426,26 @@ pub fn write_dir(
     Ok(total)
 }
 
+/// Creates the folder `dir` below `root` with its missing parents, never `root` itself
+/// (`create_dir_all` would): once an interrupt has removed the temporary folder `root`, the
+/// writing that goes on until the process exits fails instead of making it again.
+fn create_dir_below(root: &Path, dir: &Path) -> std::io::Result<()> {
+    let below = dir.strip_prefix(root).map_err(|_| {
+        std::io::Error::other(format!("{} is not below {}", dir.display(), root.display()))
+    })?;
+    let mut path = root.to_path_buf();
+    for part in below.components() {
+        path.push(part);
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists || !path.is_dir() => {
+                return Err(crate::paths::at("failed to create directory", &path)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The compression of a format at `level` (its default if `None`; `None` for a folder), or
 /// the error saying the format's range.
 pub fn compression_for(
@@ -442,6 +468,21 @@ pub fn compression_for(
 mod tests {
     use super::*;
     use crate::report::NoopReporter;
+
+    #[test]
+    fn folders_are_made_below_the_temporary_never_the_temporary_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join(".out.abc.partial");
+        std::fs::create_dir(&root).unwrap();
+        create_dir_below(&root, &root.join("lib/python3.11")).unwrap();
+        create_dir_below(&root, &root.join("lib")).unwrap();
+        assert!(root.join("lib/python3.11").is_dir());
+        // Removed by an interrupt: writing on fails, and leaves nothing.
+        std::fs::remove_dir_all(&root).unwrap();
+        let e = create_dir_below(&root, &root.join("share/doc")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        assert!(!root.exists());
+    }
 
     #[test]
     fn tar_size_is_the_size_of_the_stream() {
