@@ -13,13 +13,23 @@
 //!
 //! Publishing an output (the final rename) and the interrupt exclude each other: either the
 //! output appears complete and the handler says so, or it never appears.
+//!
+//! Child processes that write into a temporary (pip and uv in the staging prefix) run through
+//! [`output`]: each in a process group of its own, which an interrupt kills (and waits for)
+//! before anything is removed, so no process is left writing into a removed folder.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PUBLISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// The running children, each the leader of its process group.
+static CHILDREN: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Keeps a path registered (and locked) until dropped.
@@ -77,10 +87,82 @@ pub fn publishing<E>(output: &Path, publish: impl FnOnce() -> Result<(), E>) -> 
     result
 }
 
-/// Removes every registered path (called on interrupt) and returns the outputs that were
-/// already complete. Holds the registry until the process exits: nothing is published after.
+/// Runs `cmd` to its end and returns what it printed, as [`Command::output`] does (stdin
+/// null), with the child in a process group of its own that [`remove_all`] kills: its own
+/// children (a build backend, uv's interpreter) included. Once an interrupt arrived, no
+/// child is started (this call blocks until the process exits).
+pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = {
+        let mut children = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+        let child = cmd.spawn()?;
+        children.push(Pid::from_child(&child));
+        child
+    };
+    let pid = Pid::from_child(&child);
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let (out, err) = std::thread::scope(|s| {
+        let err = s.spawn(move || read_all(stderr.as_mut()));
+        (read_all(stdout.as_mut()), err.join().unwrap_or_default())
+    });
+    // Ended but not reaped: its PID (and group) cannot be reused while it is registered.
+    wait_exited(pid);
+    CHILDREN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|p| *p != pid);
+    Ok(Output {
+        status: child.wait()?,
+        stdout: out,
+        stderr: err,
+    })
+}
+
+fn read_all(r: Option<&mut impl Read>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(r) = r {
+        let _ = r.read_to_end(&mut v);
+    }
+    v
+}
+
+/// Blocks until the child `pid` has ended, leaving it to be reaped by its owner.
+fn wait_exited(pid: Pid) {
+    loop {
+        match rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => {}
+            // Ended (or reaped already: ECHILD).
+            _ => return,
+        }
+    }
+}
+
+/// Kills every registered child's process group and waits until each child has ended.
+/// Holds the registry until the process exits: no child is started after.
+fn stop_children() {
+    let children = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+    for pid in children.iter() {
+        let _ = rustix::process::kill_process_group(*pid, Signal::KILL);
+    }
+    for pid in children.iter() {
+        wait_exited(*pid);
+    }
+    std::mem::forget(children);
+}
+
+/// Removes every registered path (called on interrupt), after stopping the children that may
+/// write into them, and returns the outputs that were already complete. Holds the registry
+/// until the process exits: nothing is published after.
 pub fn remove_all() -> Vec<PathBuf> {
     INTERRUPTED.store(true, Ordering::SeqCst);
+    stop_children();
     let registry = REGISTERED.lock();
     let paths = registry.as_ref().map(|r| (*r).clone()).unwrap_or_default();
     for p in paths {

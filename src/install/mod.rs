@@ -464,7 +464,7 @@ pub fn install_pip(
         WheelPlatform::Same => {}
     }
     cmd.arg("-r").arg(&requirements);
-    run_pip(&mut cmd, base_dir)?;
+    run_pip(&mut cmd, base_dir, work_dir)?;
     for replaced in forget_replaced_conda_packages(prefix)? {
         reporter.on_notice(&Notice::warning(format!(
             "pip replaced the conda package {replaced}; the environment keeps pip's version"
@@ -493,13 +493,11 @@ enum WheelPlatform {
 
 /// The glibc the environment's Python runs with here (what pip and uv choose wheels by).
 fn host_glibc(python: &Path) -> Option<(u32, u32)> {
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import os; print(os.confstr('CS_GNU_LIBC_VERSION') or '')",
-        ])
-        .output()
-        .ok()?;
+    let out = crate::cleanup::output(Command::new(python).args([
+        "-c",
+        "import os; print(os.confstr('CS_GNU_LIBC_VERSION') or '')",
+    ]))
+    .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     parse_glibc(text.trim().strip_prefix("glibc ")?)
 }
@@ -554,9 +552,12 @@ fn write_requirements(
     Ok(requirements)
 }
 
-/// Runs pip (or uv) in `base_dir` with the environment of the caller's Python removed.
-fn run_pip(cmd: &mut Command, base_dir: &Path) -> Result<(), InstallError> {
+/// Runs pip (or uv) in `base_dir` with the environment of the caller's Python removed, its
+/// temporary files in `work_dir` (removed with it, also when pip is killed). An interrupt
+/// stops it (and what it started) before the staging prefix is removed.
+fn run_pip(cmd: &mut Command, base_dir: &Path, work_dir: &Path) -> Result<(), InstallError> {
     cmd.current_dir(base_dir)
+        .env("TMPDIR", work_dir)
         .env("PYTHONNOUSERSITE", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("PYTHONPATH")
@@ -565,7 +566,7 @@ fn run_pip(cmd: &mut Command, base_dir: &Path) -> Result<(), InstallError> {
         .env_remove("CONDA_PREFIX");
     let command = format!("{cmd:?}");
     tracing::info!("running {command}");
-    let out = cmd.output().map_err(|source| InstallError::PipSpawn {
+    let out = crate::cleanup::output(cmd).map_err(|source| InstallError::PipSpawn {
         program: cmd.get_program().into(),
         source,
     })?;
@@ -614,7 +615,7 @@ pub fn resolve_pip(
     .arg(&report)
     .arg("-r")
     .arg(&requirements);
-    run_pip(&mut cmd, base_dir)?;
+    run_pip(&mut cmd, base_dir, work_dir)?;
     let text = fs_err::read_to_string(&report)?;
     parse_pip_report(&text, &format!("{cmd:?}"))
 }
