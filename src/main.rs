@@ -328,7 +328,10 @@ fn print_locks(reports: &[envpack::LockReport], json: bool, quiet: bool) -> std:
 }
 
 /// Ctrl-C, SIGTERM (`docker stop`) and SIGHUP end the process without running destructors:
-/// remove the partial output and the staging prefix first, then exit as the signal would.
+/// stop the child processes, remove the partial output and the staging prefix, then exit as
+/// the signal would (128 + its number), also when an output was already complete: the run
+/// was interrupted, and the message names each output that is kept (a retry finds it up to
+/// date).
 fn on_interrupt_remove_temporaries() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
@@ -337,14 +340,23 @@ fn on_interrupt_remove_temporaries() {
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             let complete = envpack::remove_temporaries();
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "\ninterrupted: temporary files removed");
-            for output in complete {
-                let _ = writeln!(err, "{} was already complete and is kept", output.display());
-            }
+            let _ = writeln!(std::io::stderr().lock(), "\n{}", interrupted(&complete));
             std::process::exit(128 + signal);
         }
     });
+}
+
+/// What an interrupt left: nothing but the outputs that were complete before it.
+fn interrupted(complete: &[std::path::PathBuf]) -> String {
+    let names: Vec<String> = complete.iter().map(|p| p.display().to_string()).collect();
+    match names.as_slice() {
+        [] => "interrupted: temporary files removed".into(),
+        [one] => format!("interrupted: {one} is complete and kept; temporary files removed"),
+        many => format!(
+            "interrupted: {} are complete and kept; temporary files removed",
+            many.join(", ")
+        ),
+    }
 }
 
 fn init_logging(verbose: u8, bars: Arc<progress::Bars>) {
