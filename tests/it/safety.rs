@@ -483,11 +483,8 @@ fn an_output_created_while_envpack_runs_is_never_overwritten() {
             std::fs::read_to_string(&out).unwrap(),
             "written by someone else"
         );
-        let partials: Vec<String> = snapshot(s.path())
-            .into_iter()
-            .filter(|n| n.contains(".partial"))
-            .collect();
-        assert!(partials.is_empty(), "{route}: {partials:?}");
+        let left = partials(s.path());
+        assert!(left.is_empty(), "{route}: {left:?}");
         s.assert_no_staging();
     }
 }
@@ -545,15 +542,48 @@ fn signal(child: &std::process::Child, sig: &str) {
     );
 }
 
-/// Waits until a run's staging folder in `work` is registered (its in-use mark is written
-/// after), without a timed assertion.
-fn wait_for_marker(work: &Path) {
-    while !snapshot(work)
-        .iter()
-        .any(|p| p.ends_with("/.envpack-in-use"))
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+/// Waits until `ready` holds (`true`) or `child` ends (`false`, and it is reaped): the point
+/// of the run to interrupt. No timed assertion.
+fn wait_until(child: &mut std::process::Child, ready: impl Fn() -> bool) -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// Waits until `ready` holds, while `child` runs. Fails (with the run's stderr) if the run
+/// ends first.
+fn wait_for(child: &mut std::process::Child, point: &str, ready: impl Fn() -> bool) {
+    if !wait_until(child, ready) {
+        let mut err = String::new();
+        if let Some(e) = child.stderr.as_mut() {
+            let _ = std::io::Read::read_to_string(e, &mut err);
+        }
+        panic!("the run ended before {point}: {err}");
+    }
+}
+
+/// Waits until a run's staging folder in `work` is registered (its in-use mark is written
+/// after).
+fn wait_for_marker(child: &mut std::process::Child, work: &Path) {
+    wait_for(child, "its staging folder was made", || {
+        snapshot(work)
+            .iter()
+            .any(|p| p.ends_with("/.envpack-in-use"))
+    });
+}
+
+/// The partial outputs (`.NAME.XXXXXX.partial`) below `dir`.
+fn partials(dir: &Path) -> Vec<String> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|n| n.contains(".partial"))
+        .collect()
 }
 
 #[test]
@@ -571,7 +601,7 @@ fn interrupts_at_any_point_leave_no_staging_and_no_partial() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_marker(&s.work());
+        wait_for_marker(&mut child, &s.work());
         signal(&child, sig);
         let o = child.wait().unwrap();
         let mut err = String::new();
@@ -583,11 +613,398 @@ fn interrupts_at_any_point_leave_no_staging_and_no_partial() {
         );
         s.assert_no_staging();
         assert!(!out.exists());
-        let partials: Vec<String> = snapshot(s.path())
-            .into_iter()
-            .filter(|n| n.contains(".partial"))
-            .collect();
-        assert!(partials.is_empty(), "{sig}: {partials:?}");
+        let left = partials(s.path());
+        assert!(left.is_empty(), "{sig}: {left:?}");
+    }
+}
+
+/// The exit code of a run ended by `sig`, as a shell reports it.
+fn interrupted_code(sig: &str) -> i32 {
+    128 + match sig {
+        "HUP" => 1,
+        "INT" => 2,
+        "TERM" => 15,
+        _ => unreachable!("{sig}"),
+    }
+}
+
+/// Asserts that `out` is a complete output: a tarball its decompressor tests and tar lists
+/// to its manifest, or a folder holding its manifest.
+fn assert_complete(out: &Path) {
+    let name = out.to_string_lossy();
+    if out.is_dir() {
+        assert!(out.join("conda-meta/envpack.json").is_file(), "{name}");
+        return;
+    }
+    if name.ends_with(".tar.gz") {
+        run_ok(Command::new("gzip").arg("-t").arg(out));
+    } else if name.ends_with(".tar.zst") {
+        run_ok(Command::new("zstd").args(["-q", "-t"]).arg(out));
+    }
+    let members = crate::support::list(out);
+    assert!(
+        members
+            .iter()
+            .any(|m| m.ends_with("conda-meta/envpack.json")),
+        "{name}: {members:?}"
+    );
+}
+
+/// A package of 300 small folders and 48 MB that do not compress: its archive written at
+/// `--compress-level 9 -j 1` takes a second, its folder a little while.
+fn big_package(name: &str) -> Package {
+    let mut p = Package::new(name, "1.0");
+    for i in 0..300 {
+        p = p.file(&format!("share/{name}/d{i:03}/f.txt"), format!("{i}\n"));
+    }
+    p.file(
+        &format!("share/{name}/z.bin"),
+        crate::support::incompressible(48 << 20),
+    )
+    .fast()
+}
+
+/// The state of each thread of the process `pid` (`R`, `S`, `T`, `Z`...); empty once it is
+/// gone.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| stat.rsplit(')').next()?.trim_start().chars().next())
+        .collect()
+}
+
+/// Sends `sig` to `child` if `still` holds while the run is stopped (SIGSTOP, every thread
+/// seen stopped), so that the point cannot pass between the look and the signal; then lets
+/// it go on. `false` if the point had passed (the run goes on untouched).
+fn interrupt_while(child: &std::process::Child, sig: &str, still: impl Fn() -> bool) -> bool {
+    signal(child, "STOP");
+    while thread_states(child.id())
+        .iter()
+        .any(|s| !matches!(s, 'T' | 't' | 'Z' | 'X'))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let now = still();
+    if now {
+        signal(child, sig);
+    }
+    signal(child, "CONT");
+    now
+}
+
+#[test]
+fn interrupts_while_the_output_is_written_leave_nothing_and_the_cache_usable() {
+    let s = Setup::new(vec![big_package("big8")], &["big8"]);
+    let cache = s.path().join("cache");
+    let outs = s.path().join("out");
+    std::fs::create_dir_all(&outs).unwrap();
+    let level: &[&str] = &["--compress-level", "9", "-j", "1"];
+    // (the point, the signal, the output, the flags, whether staging exists then)
+    for (point, sig, name, flags, staged) in [
+        (
+            "the package-cache route",
+            "INT",
+            "direct.tar.gz",
+            level,
+            false,
+        ),
+        (
+            "the pack stage of the staged route",
+            "TERM",
+            "staged.tar.zst",
+            &[
+                "--via-prefix",
+                "--format",
+                "tar.zst",
+                "--compress-level",
+                "12",
+                "-j",
+                "1",
+            ][..],
+            true,
+        ),
+        (
+            "a folder output",
+            "HUP",
+            "folder",
+            &["--format", "dir"],
+            false,
+        ),
+        (
+            "a folder output of the staged route",
+            "INT",
+            "staged-folder",
+            &["--format", "dir", "--via-prefix"],
+            true,
+        ),
+    ] {
+        let out = outs.join(name);
+        let pack = || {
+            let mut c = s.pack(flags);
+            c.arg("-o").arg(&out).arg("--cache-dir").arg(&cache);
+            c
+        };
+        // Until the signal lands while the output is written (a folder is written fast: the
+        // run may be over before the test looks; then again).
+        let mut tries = 0;
+        let o = loop {
+            tries += 1;
+            assert!(
+                tries <= 20,
+                "{point}: never interrupted while the output was written"
+            );
+            let mut child = pack().stderr(Stdio::piped()).spawn().unwrap();
+            // The partial output exists, and staging exactly on the staged route.
+            let at_point = || {
+                let staging = !snapshot(&s.work()).is_empty();
+                !partials(&outs).is_empty() && staging == staged
+            };
+            let hit = wait_until(&mut child, || !partials(&outs).is_empty())
+                && interrupt_while(&child, sig, at_point);
+            let o = child.wait_with_output().unwrap();
+            if hit {
+                break o;
+            }
+            assert!(o.status.success(), "{point}: {}", stderr(&o));
+            remove_output(&out);
+        };
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(interrupted_code(sig)),
+            "{point}: {err}"
+        );
+        assert!(
+            err.contains("interrupted: temporary files removed"),
+            "{point}: {err}"
+        );
+        let left = partials(&outs);
+        assert!(left.is_empty(), "{point}: {left:?}");
+        assert!(!out.exists(), "{point}: an interrupted output appeared");
+        s.assert_no_staging();
+        // The package cache is usable, nothing stale is in the way: the same command works.
+        run_ok(&mut pack());
+        assert_complete(&out);
+        assert!(partials(&outs).is_empty(), "{point}");
+        s.assert_no_staging();
+    }
+}
+
+fn remove_output(out: &Path) {
+    if out.is_dir() {
+        std::fs::remove_dir_all(out).unwrap();
+    } else {
+        std::fs::remove_file(out).unwrap();
+    }
+}
+
+/// Whether the process `pid` runs (exists and is not a zombie, which writes nothing).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Kills the process whose PID a file holds, if it still runs when dropped: a child a test
+/// run left behind, whatever the test's outcome.
+struct KillLeftover(PathBuf);
+
+impl Drop for KillLeftover {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            && running(pid)
+        {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// A `python` whose `bin/python -m pip ...` writes its PID to `pid` (complete when the file
+/// appears), then blocks opening `fifo`, as a long pip install would; any other call (envpack
+/// asks the interpreter its glibc) returns at once, saying nothing.
+fn blocking_python(pid: &Path, fifo: &Path) -> Package {
+    let (pid, fifo) = (pid.display(), fifo.display());
+    Package::new("python", "3.11.0")
+        .exe(
+            "bin/python",
+            format!(
+                "#!/bin/sh\ncase \"$1\" in -m) ;; *) exit 0 ;; esac\n\
+                 echo $$ > '{pid}.tmp' && mv '{pid}.tmp' '{pid}'\n\
+                 exec 3< '{fifo}'\necho 'pip went on' >&2\nexit 1\n"
+            ),
+        )
+        .file("lib/python3.11/site-packages/README.txt", "site-packages\n")
+}
+
+#[test]
+fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
+    let d = tempfile::tempdir().unwrap();
+    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let pip = Package::new("pip", "24.0").file("lib/python3.11/site-packages/pip/__init__.py", "");
+    let s = Setup::new(vec![blocking_python(&pid_file, &fifo), pip], &[]);
+    std::fs::write(
+        s.proj().join("environment.yml"),
+        format!(
+            "name: env\nchannels: [file://{}]\ndependencies:\n  - python\n  - pip\n  - pip:\n    - anything==1.0\n",
+            s.path().join("channel").display()
+        ),
+    )
+    .unwrap();
+    // `python -m pip`, not uv: the child is the environment's own interpreter.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path =
+        std::env::join_paths(std::env::split_paths(&path).filter(|p| !p.join("uv").exists()))
+            .unwrap();
+    for sig in ["INT", "TERM"] {
+        let _ = std::fs::remove_file(&pid_file);
+        let _leftover = KillLeftover(pid_file.clone());
+        let out = s.path().join("env.tar.gz");
+        let mut child = s
+            .pack(&["-o"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(s.path().join("cache"))
+            .env("PATH", &path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&mut child, "pip started", || pid_file.exists());
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(running(pid));
+        assert!(
+            !snapshot(&s.work()).is_empty(),
+            "{sig}: pip runs without a staging prefix"
+        );
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(interrupted_code(sig)), "{sig}: {err}");
+        assert!(
+            err.contains("interrupted: temporary files removed"),
+            "{sig}: {err}"
+        );
+        // No process is left to write into the removed staging folder.
+        assert!(
+            !running(pid),
+            "{sig}: pip ({pid}) still runs after envpack ended"
+        );
+        s.assert_no_staging();
+        assert!(!out.exists());
+        let left = partials(s.path());
+        assert!(left.is_empty(), "{sig}: {left:?}");
+    }
+}
+
+/// Fills the pipe `w` writes to: a process given it as stdout blocks on its first write.
+fn fill(w: &std::io::PipeWriter) {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    use std::io::Write;
+    let flags = fcntl_getfl(w).unwrap();
+    fcntl_setfl(w, flags | OFlags::NONBLOCK).unwrap();
+    loop {
+        match (&*w).write(&[b'.'; 4096]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The flag belongs to the pipe, which the run shares: blocking again.
+    fcntl_setfl(w, flags).unwrap();
+}
+
+#[test]
+fn an_interrupt_after_the_output_is_in_place_keeps_it_says_so_and_a_retry_is_up_to_date() {
+    let s = Setup::new(vec![small_package("done8")], &["done8"]);
+    let out = s.path().join("done.tar.gz");
+    let pack = |flags: &[&str]| {
+        let mut c = s.pack(flags);
+        c.arg("-o")
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(s.path().join("cache"));
+        c
+    };
+    let assert_kept = |o: &Output, how: &str| {
+        let err = stderr(o);
+        assert!(
+            err.contains(&format!(
+                "interrupted: {} is complete and kept",
+                out.display()
+            )),
+            "{how}: {err}"
+        );
+        assert!(
+            !err.contains("interrupted: temporary files removed"),
+            "{how}: {err}"
+        );
+    };
+    let assert_done = |how: &str| {
+        assert_complete(&out);
+        let left = partials(s.path());
+        assert!(left.is_empty(), "{how}: {left:?}");
+        s.assert_no_staging();
+        // The same command again: the output is envpack's and up to date.
+        let again = run_ok(&mut pack(&[]));
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert!(said.starts_with("up to date: "), "{how}: {said}");
+    };
+
+    // Reached every time: the run's stdout is a full pipe, so the run blocks printing its
+    // summary, after the final rename and before it exits.
+    let (reader, writer) = std::io::pipe().unwrap();
+    fill(&writer);
+    let mut child = pack(&[])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&mut child, "its output appeared", || out.exists());
+    signal(&child, "INT");
+    let o = child.wait_with_output().unwrap();
+    drop(reader);
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_kept(&o, "blocked after the rename");
+    assert_done("blocked after the rename");
+
+    // The moment the output appears, on both routes (the staged one then removes its
+    // prefix): the run may be over before the signal lands, either way the output stays.
+    for (i, (route, flags)) in ROUTES.iter().cycle().take(6).enumerate() {
+        let how = format!("{route} #{i}");
+        std::fs::remove_file(&out).unwrap();
+        let mut child = pack(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Not signalled if it ended (and was reaped) first.
+        if wait_until(&mut child, || out.exists()) {
+            signal(&child, "INT");
+        }
+        let o = child.wait_with_output().unwrap();
+        match o.status.code() {
+            Some(0) => {}
+            Some(130) => assert_kept(&o, &how),
+            _ => panic!("{how}: {:?}: {}", o.status, stderr(&o)),
+        }
+        assert_done(&how);
     }
 }
 
@@ -602,7 +1019,7 @@ fn staging_left_by_kill_9_is_swept_by_the_next_run_but_a_living_runs_is_not() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_marker(&s.work());
+    wait_for_marker(&mut child, &s.work());
     signal(&child, "KILL");
     child.wait().unwrap();
     let stale = snapshot(&s.work());
@@ -1112,7 +1529,7 @@ fn a_run_on_the_package_cache_route_sweeps_staging_left_by_kill_9_too() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_marker(&s.work());
+    wait_for_marker(&mut child, &s.work());
     signal(&child, "KILL");
     child.wait().unwrap();
     assert!(
