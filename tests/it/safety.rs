@@ -695,21 +695,45 @@ fn interrupt_while(child: &std::process::Child, sig: &str, still: impl Fn() -> b
     now
 }
 
+/// Where a run is interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// The staging prefix is being linked: files of the package are there, its record not yet.
+    Linking,
+    /// The partial output is being written; the staging prefix exists exactly when `true`
+    /// (the staged route).
+    Writing(bool),
+}
+
+/// Whether `s`'s run writing into `outs` is at `at`.
+fn reached(at: At, s: &Setup, outs: &Path) -> bool {
+    let staging = snapshot(&s.work());
+    match at {
+        At::Linking => {
+            staging.iter().any(|p| p.contains("/env/share/big8/d"))
+                && !staging
+                    .iter()
+                    .any(|p| p.ends_with("/conda-meta/big8-1.0-0.json"))
+        }
+        At::Writing(staged) => !partials(outs).is_empty() && staging.is_empty() != staged,
+    }
+}
+
 #[test]
-fn interrupts_while_the_output_is_written_leave_nothing_and_the_cache_usable() {
+fn interrupts_while_the_prefix_or_the_output_is_written_leave_nothing_and_the_cache_usable() {
     let s = Setup::new(vec![big_package("big8")], &["big8"]);
     let cache = s.path().join("cache");
     let outs = s.path().join("out");
     std::fs::create_dir_all(&outs).unwrap();
     let level: &[&str] = &["--compress-level", "9", "-j", "1"];
-    // (the point, the signal, the output, the flags, whether staging exists then)
-    for (point, sig, name, flags, staged) in [
+    // (the point, the signal, the output, the flags, where)
+    for (point, sig, name, flags, at) in [
         (
             "the package-cache route",
             "INT",
             "direct.tar.gz",
             level,
-            false,
+            At::Writing(false),
         ),
         (
             "the pack stage of the staged route",
@@ -724,21 +748,28 @@ fn interrupts_while_the_output_is_written_leave_nothing_and_the_cache_usable() {
                 "-j",
                 "1",
             ][..],
-            true,
+            At::Writing(true),
         ),
         (
             "a folder output",
             "HUP",
             "folder",
             &["--format", "dir"],
-            false,
+            At::Writing(false),
         ),
         (
             "a folder output of the staged route",
             "INT",
             "staged-folder",
             &["--format", "dir", "--via-prefix"],
-            true,
+            At::Writing(true),
+        ),
+        (
+            "the install of the staging prefix",
+            "TERM",
+            "linked.tar",
+            &["--via-prefix", "--format", "tar"],
+            At::Linking,
         ),
     ] {
         let out = outs.join(name);
@@ -747,23 +778,15 @@ fn interrupts_while_the_output_is_written_leave_nothing_and_the_cache_usable() {
             c.arg("-o").arg(&out).arg("--cache-dir").arg(&cache);
             c
         };
-        // Until the signal lands while the output is written (a folder is written fast: the
-        // run may be over before the test looks; then again).
+        // Until the signal lands at the point (a folder is written fast: the run may be past
+        // it before the test looks; then again).
         let mut tries = 0;
         let o = loop {
             tries += 1;
-            assert!(
-                tries <= 20,
-                "{point}: never interrupted while the output was written"
-            );
+            assert!(tries <= 20, "{point}: never interrupted there");
             let mut child = pack().stderr(Stdio::piped()).spawn().unwrap();
-            // The partial output exists, and staging exactly on the staged route.
-            let at_point = || {
-                let staging = !snapshot(&s.work()).is_empty();
-                !partials(&outs).is_empty() && staging == staged
-            };
-            let hit = wait_until(&mut child, || !partials(&outs).is_empty())
-                && interrupt_while(&child, sig, at_point);
+            let at_point = || reached(at, &s, &outs);
+            let hit = wait_until(&mut child, at_point) && interrupt_while(&child, sig, at_point);
             let o = child.wait_with_output().unwrap();
             if hit {
                 break o;
