@@ -54,7 +54,7 @@ pub use unpack::{Origin, UnpackError, UnpackOptions, Unpacked, Unsafe, unpack};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::spec::{DEFAULT_PYTHON, read, read_any};
-    pub use crate::targets::{model_settings, pbtxt};
+    pub use crate::targets::{glibc, model_settings, pbtxt};
 }
 
 use serde::Serialize;

@@ -388,6 +388,22 @@ mod tests {
     }
 
     #[test]
+    fn both_classes_and_byte_orders_are_read() {
+        // The fuzz target's seeds (fuzz/corpus/make-elf-seeds.py): hand-made ELF files.
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/elf_glibc");
+        for (name, expected) in [
+            ("le64", Some(34)),
+            ("be64", Some(17)),
+            ("le32", Some(35)),
+            ("be32", Some(28)),
+            ("no-versions", None),
+            ("not-elf", None),
+        ] {
+            assert_eq!(needed_minor(&seeds.join(name)).unwrap(), expected, "{name}");
+        }
+    }
+
+    #[test]
     fn versions_and_names() {
         assert_eq!(minor_of("2.28"), Some(28));
         assert_eq!(minor_of("2.2.5"), Some(2));
