@@ -45,6 +45,7 @@ pub fn needed_minor(path: &Path) -> io::Result<Option<u32>> {
 
 /// The warning for the file members of `plan` that need a newer glibc than `target` ("2.28"),
 /// if any (read on `pool`). A `target` that is not `2.N` checks nothing.
+#[must_use]
 pub fn check(plan: &PackPlan, target: &str, pool: &rayon::ThreadPool) -> Option<Notice> {
     let limit = minor_of(target)?;
     let files: Vec<(&str, &Path)> = plan
