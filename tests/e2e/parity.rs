@@ -427,11 +427,12 @@ fn unpack_both_ways(
 ///   touches for conda-pack to replace;
 /// - basic_python_missing_files: a library's `.py` files removed, packed with
 ///   `--ignore-missing-files`;
+/// - basic_python_editable: a project installed with `pip install -e`, which conda-pack
+///   refuses, then packs with `--ignore-editable-packages`;
 /// - activate_scripts: Python with an `activate.d`/`deactivate.d` pair that activation runs;
 /// - nopython: one C library and its tools, no Python (xz where conda-pack uses snappy).
 ///
-/// (has_conda needs conda itself and basic_python_editable a `setup.py develop`: neither is
-/// available here.)
+/// (has_conda needs conda itself, which the test channel does not have.)
 #[allow(clippy::too_many_lines)]
 fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Result<(), Failed> {
     use crate::support::channel::{Channel, Package};
@@ -565,6 +566,61 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
     ensure(
         out.contains("conda_pack_test_lib1 ok") && out.contains("missing-stays-missing"),
         format!("basic_python_missing_files:\n{out}"),
+    )?;
+    std::fs::remove_dir_all(&target)?;
+
+    // basic_python_editable: a project installed with `pip install -e` (conda-pack's uses
+    // `setup.py develop`); conda-pack refuses it unless told to leave editable packages be.
+    let prefix = stage(
+        "basic_python_editable",
+        &["python=3.11", "conda_pack_test_lib1", "pip", "setuptools"],
+        &[],
+    );
+    let project = dir.path().join("editable_project");
+    std::fs::create_dir_all(project.join("editable_lib"))?;
+    std::fs::write(
+        project.join("setup.py"),
+        "from setuptools import setup\nsetup(name='editable_lib', version='0.0.1', packages=['editable_lib'])\n",
+    )?;
+    std::fs::write(
+        project.join("editable_lib/__init__.py"),
+        "print('editable_lib ok')\n",
+    )?;
+    run_ok(
+        Command::new(prefix.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-build-isolation",
+                "--no-deps",
+                "-e",
+            ])
+            .arg(&project),
+    );
+    let refused = crate::support::run_err(
+        Command::new(&conda_pack)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-o")
+            .arg(dir.path().join("refused.tar.gz")),
+    );
+    ensure(
+        String::from_utf8_lossy(&refused.stderr).contains("editable"),
+        format!("conda-pack did not refuse the editable package: {refused:?}"),
+    )?;
+    let tarball = conda_pack_it(
+        "basic_python_editable",
+        &prefix,
+        &["--ignore-editable-packages"],
+    );
+    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
+    let out = sh(". bin/activate && python -c 'import editable_lib' && conda-pack-test-lib1");
+    ensure(
+        out.contains("editable_lib ok") && out.contains("conda_pack_test_lib1 ok"),
+        format!("basic_python_editable:\n{out}"),
     )?;
     std::fs::remove_dir_all(&target)?;
 
