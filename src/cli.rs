@@ -245,27 +245,8 @@ pub struct PackArgs {
     #[arg(long, value_name = "SUBDIR")]
     pub platform: Option<String>,
 
-    /// glibc version of the target (default 2.28; also CONDA_OVERRIDE_GLIBC).
-    #[arg(long, value_name = "X.Y")]
-    pub glibc: Option<String>,
-
-    /// CUDA driver version of the target (default none; also CONDA_OVERRIDE_CUDA).
-    #[arg(long, value_name = "X.Y")]
-    pub cuda: Option<String>,
-
-    /// URL that channel names are relative to (default https://conda.anaconda.org/; also
-    /// ENVPACK_CHANNEL_ALIAS).
-    #[arg(long, value_name = "URL")]
-    pub channel_alias: Option<String>,
-
-    /// Fetch channel FROM (a name or URL prefix) from TO (a URL or folder). Repeatable; also
-    /// ENVPACK_MIRRORS="FROM=TO FROM=TO".
-    #[arg(long, value_name = "FROM=TO")]
-    pub mirror: Vec<String>,
-
-    /// Package and repodata cache (default: rattler's, shared with pixi).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Where the staging prefix is made (default: the system's temporary folder).
     #[arg(long, value_name = "DIR")]
@@ -379,11 +360,11 @@ impl PackArgs {
             format: self.format.clone(),
             level: self.level,
             platform: self.platform.clone(),
-            glibc: self.glibc.clone(),
-            cuda: self.cuda.clone(),
-            channel_alias: self.channel_alias.clone(),
-            mirrors: self.mirror.clone(),
-            cache_dir: self.cache_dir.clone(),
+            glibc: self.target.glibc.clone(),
+            cuda: self.target.cuda.clone(),
+            channel_alias: self.target.channel_alias.clone(),
+            mirrors: self.target.mirror.clone(),
+            cache_dir: self.target.cache_dir.clone(),
             work_dir: self.work_dir.clone(),
             keep_work: self.keep_work,
             via_prefix: self.via_prefix,
@@ -401,6 +382,33 @@ impl PackArgs {
             environment: self.environment.clone(),
         }
     }
+}
+
+/// The target's virtual packages and where packages come from: the same flags for `pack` and
+/// `lock`.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// glibc version of the target (default 2.28; also CONDA_OVERRIDE_GLIBC).
+    #[arg(long, value_name = "X.Y")]
+    pub glibc: Option<String>,
+
+    /// CUDA driver version of the target (default none; also CONDA_OVERRIDE_CUDA).
+    #[arg(long, value_name = "X.Y")]
+    pub cuda: Option<String>,
+
+    /// URL that channel names are relative to (default https://conda.anaconda.org/; also
+    /// ENVPACK_CHANNEL_ALIAS).
+    #[arg(long, value_name = "URL")]
+    pub channel_alias: Option<String>,
+
+    /// Fetch channel FROM (a name or URL prefix) from TO (a URL or folder). Repeatable; also
+    /// ENVPACK_MIRRORS="FROM=TO FROM=TO". Archives and locks record the canonical URLs.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+
+    /// Package and repodata cache (default: rattler's, shared with pixi).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -423,27 +431,8 @@ pub struct LockArgs {
     #[arg(long, value_name = "SUBDIR")]
     pub platform: Vec<String>,
 
-    /// glibc version of the target (default 2.28; also CONDA_OVERRIDE_GLIBC).
-    #[arg(long, value_name = "X.Y")]
-    pub glibc: Option<String>,
-
-    /// CUDA driver version of the target (default none; also CONDA_OVERRIDE_CUDA).
-    #[arg(long, value_name = "X.Y")]
-    pub cuda: Option<String>,
-
-    /// URL that channel names are relative to (default https://conda.anaconda.org/; also
-    /// ENVPACK_CHANNEL_ALIAS).
-    #[arg(long, value_name = "URL")]
-    pub channel_alias: Option<String>,
-
-    /// Fetch channel FROM (a name or URL prefix) from TO (a URL or folder). Repeatable; also
-    /// ENVPACK_MIRRORS="FROM=TO FROM=TO". The lock records the canonical URLs.
-    #[arg(long, value_name = "FROM=TO")]
-    pub mirror: Vec<String>,
-
-    /// Package and repodata cache (default: rattler's, shared with pixi).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Where the staging prefix for locking the pip: section is made.
     #[arg(long, value_name = "DIR")]
@@ -477,11 +466,11 @@ impl LockArgs {
             path: self.path.clone(),
             file: self.file.clone(),
             platform: self.platform.first().cloned(),
-            glibc: self.glibc.clone(),
-            cuda: self.cuda.clone(),
-            channel_alias: self.channel_alias.clone(),
-            mirrors: self.mirror.clone(),
-            cache_dir: self.cache_dir.clone(),
+            glibc: self.target.glibc.clone(),
+            cuda: self.target.cuda.clone(),
+            channel_alias: self.target.channel_alias.clone(),
+            mirrors: self.target.mirror.clone(),
+            cache_dir: self.target.cache_dir.clone(),
             work_dir: self.work_dir.clone(),
             threads: self.threads,
             no_check: true,
