@@ -146,15 +146,7 @@ fn normalised_record(path: &Path) -> serde_json::Value {
 #[allow(clippy::too_many_lines)]
 fn conda_pack_and_envpack_unpack_to_the_same_files() -> Result<(), Failed> {
     let servers = ServersDir::from_env()?;
-    let conda_pack = servers.root.join("condapack/bin/conda-pack");
-    ensure(
-        conda_pack.is_file(),
-        format!(
-            "{} is missing: run `.ci/install-servers {}` again (it installs conda-pack)",
-            conda_pack.display(),
-            servers.root.display()
-        ),
-    )?;
+    let conda_pack = servers.conda_pack()?;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let (envpack_tarball, staging) = pack_env(dir.path(), &["python=3.11", "numpy", "six"], &[]);
@@ -319,11 +311,7 @@ fn tree_differences(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) ->
 /// lock file envpack's Python `conda-unpack` creates in `share/envpack/`.
 fn envpack_unpack_leaves_what_each_conda_unpack_leaves() -> Result<(), Failed> {
     let servers = ServersDir::from_env()?;
-    let conda_pack = servers.root.join("condapack/bin/conda-pack");
-    ensure(
-        conda_pack.is_file(),
-        format!("{} is missing", conda_pack.display()),
-    )?;
+    let conda_pack = servers.conda_pack()?;
     let dir = tempfile::tempdir()?;
     let (envpack_tarball, staging) = pack_env(dir.path(), &["python=3.11", "numpy", "six"], &[]);
     let cp_tarball = dir.path().join("conda-pack.tar.gz");
@@ -438,11 +426,7 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
     use crate::support::channel::{Channel, Package};
     use std::fmt::Write as _;
     let servers = ServersDir::from_env()?;
-    let conda_pack = servers.root.join("condapack/bin/conda-pack");
-    ensure(
-        conda_pack.is_file(),
-        format!("{} is missing", conda_pack.display()),
-    )?;
+    let conda_pack = servers.conda_pack()?;
     let dir = tempfile::tempdir()?;
     let mut ctools = Channel::new(&dir.path().join("ctools"));
     for n in ["1", "2"] {

@@ -279,6 +279,19 @@ impl ServersDir {
     pub fn wheels(&self) -> PathBuf {
         self.root.join("wheels")
     }
+    /// conda-pack 0.9.2 (with zstandard), or what is missing.
+    pub fn conda_pack(&self) -> Result<PathBuf, String> {
+        let bin = self.root.join("condapack/bin/conda-pack");
+        if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!(
+                "{} is missing: run `.ci/install-servers {}` again (it installs conda-pack)",
+                bin.display(),
+                self.root.display()
+            ))
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
