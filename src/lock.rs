@@ -1291,24 +1291,35 @@ pub fn write_conda_lock(path: &Path, lock: &NewLock) -> Result<(), LockError> {
         lock.source
     );
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).map_err(|source| {
-            LockError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+    let name = path.file_name().map_or_else(
+        || "conda-lock.yml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    // Removed if the process is interrupted; renamed onto the lock under the interrupt's
+    // exclusion: either the lock is complete (and an interrupt says so) or it is untouched.
+    let (mut tmp, _guard) = crate::cleanup::create(
+        || {
+            tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".partial")
+                .tempfile_in(dir.unwrap_or(Path::new(".")))
+        },
+        tempfile::NamedTempFile::path,
+    )
+    .map_err(|source| LockError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     tmp.write_all(header.as_bytes())
         .and_then(|()| tmp.write_all(yaml.as_bytes()))
         .map_err(|source| LockError::Write {
             path: path.to_path_buf(),
             source,
         })?;
-    tmp.persist(path).map_err(|e| LockError::Write {
+    crate::cleanup::publishing(path, || tmp.persist(path).map(drop)).map_err(|e| LockError::Write {
         path: path.to_path_buf(),
         source: e.error,
-    })?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -34,13 +34,7 @@ fn main() -> ExitCode {
             let result = Settings::resolve(args.request(sub), &env, &cwd)
                 .map_err(Error::from)
                 .and_then(|s| envpack::run(&s, &(bars.clone() as SharedReporter)));
-            if envpack::interrupted() {
-                // The handler removes the temporaries and exits; errors its removal caused
-                // here are not the user's.
-                loop {
-                    std::thread::park();
-                }
-            }
+            leave_to_the_interrupt();
             match result {
                 Ok(report) => {
                     let printed = match &report {
@@ -60,6 +54,16 @@ fn main() -> ExitCode {
         Command::Unpack(args) => unpack(&args),
         Command::Lock(args) => lock_command(&args),
         Command::Inspect(args) => inspect_command(&args),
+    }
+}
+
+/// Once an interrupt arrived, the handler removes the temporaries, says what is left and
+/// exits: the command's result (an error its removal caused, or a summary) is not printed.
+fn leave_to_the_interrupt() {
+    if envpack::interrupted() {
+        loop {
+            std::thread::park();
+        }
     }
 }
 
@@ -220,7 +224,9 @@ fn unpack(args: &UnpackArgs) -> ExitCode {
         dest_prefix: args.dest_prefix.clone(),
     };
     let reporter: SharedReporter = bars;
-    match envpack::unpack(&args.archive, &args.dest, &options, &reporter) {
+    let result = envpack::unpack(&args.archive, &args.dest, &options, &reporter);
+    leave_to_the_interrupt();
+    match result {
         Ok(u) => {
             let mut out = std::io::stdout().lock();
             let printed = if args.json {
@@ -286,6 +292,7 @@ fn lock_command(args: &cli::LockArgs) -> ExitCode {
                 &(bars.clone() as SharedReporter),
             )
         });
+    leave_to_the_interrupt();
     match result {
         Ok(reports) => {
             if let Err(e) = print_locks(&reports, args.json, args.quiet)

@@ -282,7 +282,10 @@ pub fn unpack(
                 source,
             })?;
         let kept = tmp.keep();
-        if let Err(e) = std::fs::rename(&kept, &dest_abs) {
+        // Under the interrupt's exclusion: either DEST appears complete (and an interrupt says
+        // so) or the temporary is removed and DEST never appears.
+        if let Err(e) = crate::cleanup::publishing(&dest_abs, || std::fs::rename(&kept, &dest_abs))
+        {
             let _ = std::fs::remove_dir_all(&kept);
             drop(guard);
             return Err(match e.raw_os_error() {

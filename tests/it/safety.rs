@@ -857,28 +857,33 @@ impl Drop for KillLeftover {
 
 /// A `python` whose `bin/python -m pip ...` writes its PID to `pid` (complete when the file
 /// appears), then blocks opening `fifo`, as a long pip install would; any other call (envpack
-/// asks the interpreter its glibc) returns at once, saying nothing.
+/// asks the interpreter its glibc) returns at once, saying nothing. Once the test opens the
+/// FIFO, a `--report FILE` call (`pip install --dry-run`, as `envpack lock` runs it) writes a
+/// report of one wheel and succeeds; any other fails.
 fn blocking_python(pid: &Path, fifo: &Path) -> Package {
     let (pid, fifo) = (pid.display(), fifo.display());
+    let report = r#"{"version":"1","install":[{"metadata":{"name":"anything","version":"1.0"},"requested":true,"download_info":{"url":"https://example.invalid/anything-1.0-py3-none-any.whl","archive_info":{"hashes":{"sha256":"0000000000000000000000000000000000000000000000000000000000000000"}}}}]}"#;
     Package::new("python", "3.11.0")
         .exe(
             "bin/python",
             format!(
                 "#!/bin/sh\ncase \"$1\" in -m) ;; *) exit 0 ;; esac\n\
                  echo $$ > '{pid}.tmp' && mv '{pid}.tmp' '{pid}'\n\
-                 exec 3< '{fifo}'\necho 'pip went on' >&2\nexit 1\n"
+                 exec 3< '{fifo}'\n\
+                 while [ $# -gt 1 ]; do\n\
+                   if [ \"$1\" = --report ]; then echo '{report}' > \"$2\"; exit 0; fi\n\
+                   shift\n\
+                 done\n\
+                 echo 'pip went on' >&2\nexit 1\n"
             ),
         )
         .file("lib/python3.11/site-packages/README.txt", "site-packages\n")
 }
 
-#[test]
-fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
-    let d = tempfile::tempdir().unwrap();
-    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
-    run_ok(Command::new("mkfifo").arg(&fifo));
+/// A [`Setup`] whose environment has a `pip:` section, its `python` a [`blocking_python`].
+fn pip_setup(pid: &Path, fifo: &Path) -> Setup {
     let pip = Package::new("pip", "24.0").file("lib/python3.11/site-packages/pip/__init__.py", "");
-    let s = Setup::new(vec![blocking_python(&pid_file, &fifo), pip], &[]);
+    let s = Setup::new(vec![blocking_python(pid, fifo), pip], &[]);
     std::fs::write(
         s.proj().join("environment.yml"),
         format!(
@@ -887,6 +892,15 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
         ),
     )
     .unwrap();
+    s
+}
+
+#[test]
+fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
+    let d = tempfile::tempdir().unwrap();
+    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let s = pip_setup(&pid_file, &fifo);
     // `python -m pip`, not uv: the child is the environment's own interpreter.
     let path = std::env::var_os("PATH").unwrap_or_default();
     let path =
@@ -933,6 +947,203 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
         assert!(!out.exists());
         let left = partials(s.path());
         assert!(left.is_empty(), "{sig}: {left:?}");
+    }
+}
+
+#[test]
+fn an_interrupted_lock_stops_pip_and_leaves_no_lock_and_no_staging() {
+    let d = tempfile::tempdir().unwrap();
+    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let s = pip_setup(&pid_file, &fifo);
+    let lock_file = s.proj().join("conda-lock.yml");
+    let lock = || {
+        let mut c = envpack();
+        c.current_dir(s.proj())
+            .args(["lock", "environment.yml", "--no-progress", "--work-dir"])
+            .arg(s.work())
+            .arg("--cache-dir")
+            .arg(s.path().join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let before = snapshot(&s.proj());
+    let start = |sig: &str| {
+        let _ = std::fs::remove_file(&pid_file);
+        let mut child = lock().spawn().unwrap();
+        wait_for(&mut child, "pip started", || pid_file.exists());
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(running(pid), "{sig}");
+        assert!(
+            !snapshot(&s.work()).is_empty(),
+            "{sig}: pip runs without a staging prefix"
+        );
+        (child, pid)
+    };
+    for sig in ["INT", "TERM"] {
+        let _leftover = KillLeftover(pid_file.clone());
+        let (child, pid) = start(sig);
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(interrupted_code(sig)), "{sig}: {err}");
+        assert!(
+            err.contains("interrupted: temporary files removed"),
+            "{sig}: {err}"
+        );
+        assert!(
+            !running(pid),
+            "{sig}: pip ({pid}) still runs after envpack ended"
+        );
+        s.assert_no_staging();
+        // No lock, no partial lock: the folder holds the environment file only.
+        assert_eq!(snapshot(&s.proj()), before, "{sig}");
+    }
+    // The same command, pip let go on: the lock is written, with pip's answer.
+    let _leftover = KillLeftover(pid_file.clone());
+    let (mut child, _) = start("retry");
+    drop(wait_for_reader(&fifo, &mut child).expect("the retry ended before pip read"));
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&lock_file).unwrap();
+    assert!(
+        text.contains("anything-1.0-py3-none-any.whl"),
+        "the lock lacks the pip package: {text}"
+    );
+    s.assert_no_staging();
+    let mut expected = before.clone();
+    expected.insert("conda-lock.yml".into());
+    assert_eq!(snapshot(&s.proj()), expected);
+}
+
+/// Where an unpack is interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnpackAt {
+    /// Members are being written into the temporary folder beside DEST.
+    Extracting,
+    /// The tree is complete and its files are being rewritten for DEST.
+    Relocating,
+}
+
+#[test]
+fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = d.path().join("env");
+    std::fs::create_dir_all(prefix.join("conda-meta")).unwrap();
+    // 64 MB that do not compress: extracting them takes a while.
+    let big = crate::support::incompressible(8 << 20);
+    for i in 0..8 {
+        std::fs::create_dir_all(prefix.join(format!("share/big{i}"))).unwrap();
+        std::fs::write(prefix.join(format!("share/big{i}/z.bin")), &big).unwrap();
+    }
+    // Many files holding the prefix: relocating them takes a while too.
+    std::fs::create_dir_all(prefix.join("share/text")).unwrap();
+    let holding = format!(
+        "#!{}/bin/python\nPREFIX={}\n",
+        prefix.display(),
+        prefix.display()
+    );
+    for i in 0..3000 {
+        std::fs::write(prefix.join(format!("share/text/f{i:04}.txt")), &holding).unwrap();
+    }
+    let archive = d.path().join("env.tar.gz");
+    run_ok(&mut crate::support::fixture::pack_prefix(
+        &prefix,
+        &archive,
+        &["--compress-level", "1"],
+    ));
+    std::fs::remove_dir_all(&prefix).unwrap();
+    let outs = d.path().join("out");
+    std::fs::create_dir_all(&outs).unwrap();
+    let dest = outs.join("env");
+    let real_dest = outs.canonicalize().unwrap().join("env");
+    let unpack = || {
+        let mut c = envpack();
+        c.args(["unpack", "--no-progress"]).arg(&archive).arg(&dest);
+        c
+    };
+    // Whether the run is at `at`: its temporary is there, DEST is not, and (relocating) a
+    // file of the temporary holds DEST already.
+    let reached = |at: UnpackAt| {
+        let Some(tmp) = std::fs::read_dir(&outs)
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        else {
+            return false;
+        };
+        if dest.exists() {
+            return false;
+        }
+        let relocated = || {
+            std::fs::read_dir(tmp.path().join("share/text")).is_ok_and(|files| {
+                files.filter_map(Result::ok).any(|f| {
+                    std::fs::read_to_string(f.path())
+                        .is_ok_and(|t| t.contains(&*real_dest.to_string_lossy()))
+                })
+            })
+        };
+        match at {
+            UnpackAt::Extracting => !relocated(),
+            UnpackAt::Relocating => relocated(),
+        }
+    };
+    for (at, sig) in [
+        (UnpackAt::Extracting, "INT"),
+        (UnpackAt::Extracting, "TERM"),
+        (UnpackAt::Relocating, "INT"),
+        (UnpackAt::Relocating, "TERM"),
+    ] {
+        let point = format!("{at:?} {sig}");
+        let before = snapshot(d.path());
+        let mut tries = 0;
+        let o = loop {
+            tries += 1;
+            assert!(tries <= 20, "{point}: never interrupted there");
+            let mut child = unpack().stderr(Stdio::piped()).spawn().unwrap();
+            let hit = wait_until(&mut child, || reached(at))
+                && interrupt_while(&child, sig, || reached(at));
+            let o = child.wait_with_output().unwrap();
+            if hit {
+                break o;
+            }
+            assert!(o.status.success(), "{point}: {}", stderr(&o));
+            std::fs::remove_dir_all(&dest).unwrap();
+        };
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(interrupted_code(sig)),
+            "{point}: {err}"
+        );
+        assert!(
+            err.contains("interrupted: temporary files removed"),
+            "{point}: {err}"
+        );
+        assert!(!dest.exists(), "{point}: an interrupted DEST appeared");
+        let left = partials(&outs);
+        assert!(left.is_empty(), "{point}: {left:?}");
+        assert_eq!(
+            snapshot(d.path()),
+            before,
+            "{point}: something else changed"
+        );
+        // The same command again unpacks, relocated.
+        let again = run_ok(&mut unpack());
+        assert!(
+            String::from_utf8_lossy(&again.stdout).contains("3000 files relocated"),
+            "{point}: {}",
+            String::from_utf8_lossy(&again.stdout)
+        );
+        assert_complete(&dest);
+        assert_eq!(std::fs::read(dest.join("share/big7/z.bin")).unwrap(), big);
+        assert!(partials(&outs).is_empty(), "{point}");
+        std::fs::remove_dir_all(&dest).unwrap();
     }
 }
 
