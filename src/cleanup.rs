@@ -27,6 +27,8 @@ use std::sync::{Mutex, PoisonError};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Folders made for an output (its missing parents), removed on interrupt only when empty.
+static FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PUBLISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// The running children, each the leader of its process group.
 static CHILDREN: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
@@ -65,6 +67,45 @@ pub fn create<T>(
         .filter(|f| f.try_lock().is_ok());
     registry.push(path.clone());
     Ok((temporary, Guard { path, _lock: lock }))
+}
+
+/// Keeps a folder made by [`create_folder`] registered until dropped.
+#[derive(Debug)]
+pub struct FolderGuard {
+    path: PathBuf,
+}
+
+impl FolderGuard {
+    /// The folder.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FolderGuard {
+    fn drop(&mut self) {
+        let mut f = FOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = f.iter().rposition(|p| p == &self.path) {
+            f.remove(i);
+        }
+    }
+}
+
+/// Makes the folder `path` (its parent must exist) and registers it, in one step, to be
+/// removed on interrupt if it is empty then (after the temporaries): a missing parent of an
+/// output. Never removed when it holds anything, such as a complete output or another
+/// process's files.
+pub fn create_folder(path: &Path) -> std::io::Result<FolderGuard> {
+    let _registry = REGISTERED.lock().unwrap_or_else(PoisonError::into_inner);
+    std::fs::create_dir(path)?;
+    FOLDERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(path.to_path_buf());
+    Ok(FolderGuard {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Whether an interrupt arrived: the main thread then leaves the exit to the handler.
@@ -178,6 +219,11 @@ pub fn remove_all() -> Vec<PathBuf> {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+    // Innermost last made: removed first.
+    let folders = FOLDERS.lock().map(|f| f.clone()).unwrap_or_default();
+    for f in folders.iter().rev() {
+        let _ = std::fs::remove_dir(f);
     }
     // Keep the registry locked: publishing() blocks until the process exits.
     std::mem::forget(registry);

@@ -314,7 +314,7 @@ pub fn unpack(
     })();
     if result.is_err() {
         for d in created.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+            let _ = std::fs::remove_dir(d.path());
         }
     }
     result
@@ -374,8 +374,8 @@ fn check_dest(dest: &Path) -> Result<Option<u32>, UnpackError> {
 }
 
 /// Creates the missing ancestors of DEST (as `mkdir -p`); returns those created, outermost
-/// first, so that a failure can remove them again.
-fn create_parents(parent: &Path) -> Result<Vec<PathBuf>, UnpackError> {
+/// first, so that a failure can remove them again (an interrupt removes them while empty).
+fn create_parents(parent: &Path) -> Result<Vec<crate::cleanup::FolderGuard>, UnpackError> {
     let missing: Vec<PathBuf> = parent
         .ancestors()
         .take_while(|p| std::fs::symlink_metadata(p).is_err())
@@ -383,13 +383,15 @@ fn create_parents(parent: &Path) -> Result<Vec<PathBuf>, UnpackError> {
         .collect();
     let mut created = Vec::new();
     for d in missing.into_iter().rev() {
-        if let Err(source) = std::fs::create_dir(&d) {
-            for c in created.iter().rev() {
-                let _ = std::fs::remove_dir(c);
+        match crate::cleanup::create_folder(&d) {
+            Ok(guard) => created.push(guard),
+            Err(source) => {
+                for c in created.iter().rev() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+                return Err(UnpackError::Write { path: d, source });
             }
-            return Err(UnpackError::Write { path: d, source });
         }
-        created.push(d);
     }
     Ok(created)
 }

@@ -1060,8 +1060,9 @@ fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary(
     std::fs::remove_dir_all(&prefix).unwrap();
     let outs = d.path().join("out");
     std::fs::create_dir_all(&outs).unwrap();
-    let dest = outs.join("env");
-    let real_dest = outs.canonicalize().unwrap().join("env");
+    // In a folder the run makes: an interrupt removes it too.
+    let dest = outs.join("new/env");
+    let real_dest = outs.canonicalize().unwrap().join("new/env");
     let unpack = || {
         let mut c = envpack();
         c.args(["unpack", "--no-progress"]).arg(&archive).arg(&dest);
@@ -1071,8 +1072,9 @@ fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary(
     // temporary holds DEST yet (extracting), or some but fewer than half do (relocating: far
     // from the end, so the run is still there when the signal lands).
     let reached = |at: UnpackAt| {
-        let Some(tmp) = std::fs::read_dir(&outs)
-            .unwrap()
+        let Some(tmp) = std::fs::read_dir(outs.join("new"))
+            .into_iter()
+            .flatten()
             .filter_map(Result::ok)
             .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
         else {
@@ -1115,7 +1117,7 @@ fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary(
                 break o;
             }
             assert!(o.status.success(), "{point}: {}", stderr(&o));
-            std::fs::remove_dir_all(&dest).unwrap();
+            std::fs::remove_dir_all(outs.join("new")).unwrap();
         };
         let err = stderr(&o);
         assert_eq!(
@@ -1145,7 +1147,7 @@ fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary(
         assert_complete(&dest);
         assert_eq!(std::fs::read(dest.join("share/big1/z.bin")).unwrap(), big);
         assert!(partials(&outs).is_empty(), "{point}");
-        std::fs::remove_dir_all(&dest).unwrap();
+        std::fs::remove_dir_all(outs.join("new")).unwrap();
     }
 }
 
