@@ -1310,8 +1310,15 @@ pub fn write_conda_lock(path: &Path, lock: &NewLock) -> Result<(), LockError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // 0644 less the umask, as the file a user writes (a temporary file is made 0600).
+    let mode = 0o644 & !crate::pack::archive::umask();
     tmp.write_all(header.as_bytes())
         .and_then(|()| tmp.write_all(yaml.as_bytes()))
+        .and_then(|()| {
+            let perms =
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode);
+            tmp.as_file().set_permissions(perms)
+        })
         .map_err(|source| LockError::Write {
             path: path.to_path_buf(),
             source,

@@ -122,6 +122,11 @@ fn a_lock_is_installed_without_solving_and_packs_the_same_bytes() {
         "-q prints nothing"
     );
     let text = std::fs::read_to_string(fx.lock_file()).unwrap();
+    // Readable by others (0644 less the umask), as a file meant to be committed, never 0600.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(fx.lock_file()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o044, 0o044 & !umask(), "lock mode {mode:o}");
     // conda-lock's format, with canonical URLs (never the mirror's) and both hashes.
     assert!(text.contains("version: 1"), "{text}");
     assert!(
@@ -369,4 +374,14 @@ fn a_model_folder_may_hold_a_lock_instead_of_an_environment_file() {
     // `envpack lock` refuses a lock as its input.
     let out = run_err(fx.cmd("lock").arg(model.join("conda-lock.yml")));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a lock file already"));
+}
+
+/// This process's umask, from /proc (reading it by setting it would race other tests).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .expect("Umask in /proc/self/status")
 }
