@@ -88,7 +88,7 @@ pub fn check(plan: &PackPlan, target: &str, pool: &rayon::ThreadPool) -> Option<
         "files need"
     };
     Some(Notice::warning(format!(
-        "{} ELF {files} a newer glibc than the target's {target} (--glibc): {}{more}; they will not load there (the package, or wheel, was built against a newer C library than its metadata says)",
+        "{} ELF {files} a newer glibc than the target's {target} (--glibc): {}{more}; they will not load on a system with that glibc (built against a newer C library than their package says); if the server's glibc is newer, give it with --glibc",
         newer.len(),
         named.join(", "),
     )))
