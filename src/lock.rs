@@ -1290,43 +1290,19 @@ pub fn write_conda_lock(path: &Path, lock: &NewLock) -> Result<(), LockError> {
          # file still matches (metadata.content_hash); conda-lock and micromamba read it too.\n",
         lock.source
     );
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let name = path.file_name().map_or_else(
-        || "conda-lock.yml".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    // Removed if the process is interrupted; renamed onto the lock under the interrupt's
-    // exclusion: either the lock is complete (and an interrupt says so) or it is untouched.
-    let (mut tmp, _guard) = crate::cleanup::create(
-        || {
-            tempfile::Builder::new()
-                .prefix(&format!(".{name}."))
-                .suffix(".partial")
-                .tempfile_in(dir.unwrap_or(Path::new(".")))
-        },
-        tempfile::NamedTempFile::path,
-    )
-    .map_err(|source| LockError::Write {
+    let write_err = |source| LockError::Write {
         path: path.to_path_buf(),
         source,
-    })?;
-    // 0644 less the umask, as the file a user writes (a temporary file is made 0600).
-    let mode = 0o644 & !crate::pack::archive::umask();
+    };
+    // Removed if the process is interrupted; renamed onto the lock under the interrupt's
+    // exclusion: either the lock is complete (and an interrupt says so) or it is untouched.
+    let (mut tmp, _guard) = crate::pack::archive::temp_file_beside(path).map_err(write_err)?;
     tmp.write_all(header.as_bytes())
         .and_then(|()| tmp.write_all(yaml.as_bytes()))
-        .and_then(|()| {
-            let perms =
-                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode);
-            tmp.as_file().set_permissions(perms)
-        })
-        .map_err(|source| LockError::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    crate::cleanup::publishing(path, || tmp.persist(path).map(drop)).map_err(|e| LockError::Write {
-        path: path.to_path_buf(),
-        source: e.error,
-    })
+        // 0644 less the umask, as the pack's outputs (a temporary file is made 0600).
+        .and_then(|()| crate::pack::archive::set_output_mode(tmp.path()))
+        .map_err(write_err)?;
+    crate::cleanup::publishing(path, || tmp.persist(path).map(drop)).map_err(|e| write_err(e.error))
 }
 
 #[cfg(test)]

@@ -170,10 +170,10 @@ pub fn temp_dir_beside(out: &Path) -> std::io::Result<(tempfile::TempDir, crate:
 }
 
 /// 0644 less the umask, as for any file a user creates (never conda-pack's 0600).
-fn set_output_mode(path: &Path) -> Result<(), PackError> {
+pub(crate) fn set_output_mode(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = 0o644 & !umask();
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(PackError::from)
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 pub(crate) fn umask() -> u32 {
