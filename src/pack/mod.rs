@@ -698,13 +698,7 @@ fn held_prefixes(prefix: &Path) -> Result<(Needles, BTreeMap<String, usize>), Pa
         .ok()
         .filter(|m| m.is_file() && m.len() < 4096)
         .and_then(|_| std::fs::read(prefix.join(scripts::LOCATION)).ok())
-        .map(|l| {
-            let end = l
-                .iter()
-                .rposition(|&b| b != b'\n' && b != b'\r')
-                .map_or(0, |i| i + 1);
-            l[..end].to_vec()
-        })
+        .map(|l| scripts::location_value(&l).to_vec())
         .filter(|l| l.starts_with(b"/") && l.len() > 1 && !l.contains(&b'\n'));
     let mut list: Vec<&[u8]> = vec![source.as_bytes()];
     // Only an earlier envpack output (it carries envpack's scripts' data) may hold envpack's

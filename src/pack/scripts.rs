@@ -43,6 +43,16 @@ pub const LOCATION: &str = "share/envpack/location";
 /// Present when self-relocation is on.
 pub const AUTO_RELOCATE: &str = "share/envpack/auto-relocate";
 
+/// The prefix a [`LOCATION`] file names: its bytes without the line ends that follow them.
+#[must_use]
+pub fn location_value(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b'\n' && b != b'\r')
+        .map_or(0, |i| i + 1);
+    &raw[..end]
+}
+
 /// Files that envpack generates; copies of them found in a prefix are replaced.
 pub const GENERATED: [&str; 3] = ["bin/activate", "bin/deactivate", "bin/conda-unpack"];
 /// Names of the hook in site-packages.

@@ -185,13 +185,7 @@ fn envpack_records(
         .and_then(serde_json::Value::as_array)
         .ok_or_else(|| bad("no `files` list".into()))?;
     let location = read_tree_file(root, scripts::LOCATION)?
-        .map(|l| {
-            let end = l
-                .iter()
-                .rposition(|&b| b != b'\n' && b != b'\r')
-                .map_or(0, |i| i + 1);
-            l[..end].to_vec()
-        })
+        .map(|l| scripts::location_value(&l).to_vec())
         .filter(|l| !l.is_empty());
     let old = location
         .or_else(|| {
