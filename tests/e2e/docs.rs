@@ -245,53 +245,27 @@ fn glibc_needs(root: &Path, max: &str) -> Result<Vec<(String, u32)>, Failed> {
     };
     let limit = minor(max).ok_or_else(|| format!("--glibc {max}: not 2.N"))?;
     let mut elves = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                let mut magic = [0u8; 4];
-                let n = std::io::Read::read(&mut std::fs::File::open(entry.path())?, &mut magic)?;
-                if n == 4 && magic == *b"\x7fELF" {
-                    elves.push(entry.path());
-                }
-            }
+    for entry in support::tree(root) {
+        let mut magic = [0u8; 4];
+        if entry.kind == support::Kind::File
+            && std::io::Read::read(&mut std::fs::File::open(&entry.path)?, &mut magic)? == 4
+            && magic == *b"\x7fELF"
+        {
+            elves.push(entry.path);
         }
     }
     ensure(
         !elves.is_empty(),
         format!("no ELF file under {}", root.display()),
     )?;
-    let mut newer: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
-    for chunk in elves.chunks(200) {
-        // readelf prints "File: PATH" before each file's sections; needs read "Name: GLIBC_2.N".
-        let out = run_ok(Command::new("readelf").args(["-V", "-W"]).args(chunk));
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (mut file, mut needs) = ("", false);
-        for line in text.lines() {
-            if let Some(f) = line.strip_prefix("File: ") {
-                (file, needs) = (f, false);
-            } else if line.starts_with("Version needs section") {
-                needs = true;
-            } else if line.starts_with("Version") {
-                // Definitions (a library's own GLIBC_2.N) and symbol tables are not needs.
-                needs = false;
-            } else if let Some(v) = line.split("Name: GLIBC_").nth(1).filter(|_| needs) {
-                let v = v.split_whitespace().next().unwrap_or_default();
-                if let Some(m) = minor(v).filter(|m| *m > limit) {
-                    let rel = Path::new(file)
-                        .strip_prefix(root)
-                        .unwrap_or(Path::new(file));
-                    let e = newer.entry(rel.to_string_lossy().into_owned()).or_default();
-                    *e = (*e).max(m);
-                }
-            }
-        }
-    }
-    let mut newer: Vec<(String, u32)> = newer.into_iter().collect();
+    let newer = support::readelf_glibc_needs(&elves)
+        .into_iter()
+        .filter(|(_, m)| *m > limit)
+        .map(|(file, m)| {
+            let rel = file.strip_prefix(root).unwrap_or(&file);
+            (rel.to_string_lossy().into_owned(), m)
+        });
+    let mut newer: Vec<(String, u32)> = newer.collect();
     newer.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(newer)
 }

@@ -252,40 +252,18 @@ fn an_output_inside_the_packed_environment_is_not_packed_into_the_next_archive()
     );
 }
 
-/// The highest `GLIBC_2.N` among the version needs `readelf -V` lists for `path`.
-fn readelf_glibc_minor(path: &Path) -> u32 {
-    let out = run_ok(Command::new("readelf").args(["-V", "-W"]).arg(path));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let needs = text
-        .split("Version needs section")
-        .nth(1)
-        .unwrap_or_default();
-    needs
-        .split("Version definition section")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split("Name: GLIBC_2.").nth(1))
-        .filter_map(|v| {
-            v.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        })
-        .max()
-        .expect("this machine's /bin/ls needs a versioned glibc symbol")
-}
-
 #[test]
 fn elf_files_needing_a_newer_glibc_than_the_target_are_named_on_both_routes() {
     // A package whose metadata says nothing of glibc, holding this machine's `ls`.
     let d = tempfile::tempdir().unwrap();
-    let needed = readelf_glibc_minor(Path::new("/bin/ls"));
+    let ls = std::path::PathBuf::from("/bin/ls");
+    let needed = *support::readelf_glibc_needs(std::slice::from_ref(&ls))
+        .get(&ls)
+        .expect("this machine's /bin/ls needs a versioned glibc symbol");
     let mut chan = support::channel::Channel::new(&d.path().join("channel"));
     chan.add(
         support::channel::Package::new("native", "1.0")
-            .exe("bin/native", std::fs::read("/bin/ls").unwrap())
+            .exe("bin/native", std::fs::read(&ls).unwrap())
             .file("share/native/readme.txt", "not ELF\n"),
     );
     chan.write();

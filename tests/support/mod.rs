@@ -266,6 +266,46 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The highest `GLIBC_2.N` (`N`) each of `files` needs, as `readelf -V` lists its version
+/// needs (a library's own definitions, ld.so's `GLIBC_2.35` among them, are not needs); files
+/// that need none are left out.
+pub fn readelf_glibc_needs(files: &[PathBuf]) -> std::collections::BTreeMap<PathBuf, u32> {
+    let minor = |v: &str| -> Option<u32> {
+        let digits: String = v
+            .strip_prefix("2.")?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let mut needs = std::collections::BTreeMap::new();
+    for chunk in files.chunks(200) {
+        let out = run_ok(Command::new("readelf").args(["-V", "-W"]).args(chunk));
+        let text = String::from_utf8_lossy(&out.stdout);
+        // readelf names each file ("File: PATH") only when it is given several.
+        let (mut file, mut in_needs) = (chunk[0].clone(), false);
+        for line in text.lines() {
+            if let Some(f) = line.strip_prefix("File: ") {
+                (file, in_needs) = (PathBuf::from(f), false);
+            } else if line.starts_with("Version needs section") {
+                in_needs = true;
+            } else if line.starts_with("Version") {
+                in_needs = false;
+            } else if let Some(m) = line
+                .split("Name: GLIBC_")
+                .nth(1)
+                .filter(|_| in_needs)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(minor)
+            {
+                let e: &mut u32 = needs.entry(file.clone()).or_default();
+                *e = (*e).max(m);
+            }
+        }
+    }
+    needs
+}
+
 /// Lowercase hex of bytes (digests).
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
