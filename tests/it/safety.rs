@@ -895,6 +895,41 @@ fn pip_setup(pid: &Path, fifo: &Path) -> Setup {
     s
 }
 
+/// Waits until the fake pip of [`pip_setup`] has written its PID, and returns it: pip runs, in
+/// the staging prefix (`what` names the run in messages).
+fn pip_pid(child: &mut std::process::Child, pid_file: &Path, s: &Setup, what: &str) -> u32 {
+    wait_for(child, "pip started", || pid_file.exists());
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(running(pid), "{what}");
+    assert!(
+        !snapshot(&s.work()).is_empty(),
+        "{what}: pip runs without a staging prefix"
+    );
+    pid
+}
+
+/// Sends `sig` to a run whose pip is `pid`: the run ends as interrupted, saying so, and leaves
+/// no pip running (nothing writes into the removed staging folder) and no staging.
+fn interrupt_pip(child: std::process::Child, sig: &str, pid: u32, s: &Setup) {
+    signal(&child, sig);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(interrupted_code(sig)), "{sig}: {err}");
+    assert!(
+        err.contains("interrupted: temporary files removed"),
+        "{sig}: {err}"
+    );
+    assert!(
+        !running(pid),
+        "{sig}: pip ({pid}) still runs after envpack ended"
+    );
+    s.assert_no_staging();
+}
+
 #[test]
 fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
     let d = tempfile::tempdir().unwrap();
@@ -919,31 +954,8 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for(&mut child, "pip started", || pid_file.exists());
-        let pid: u32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(running(pid));
-        assert!(
-            !snapshot(&s.work()).is_empty(),
-            "{sig}: pip runs without a staging prefix"
-        );
-        signal(&child, sig);
-        let o = child.wait_with_output().unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(interrupted_code(sig)), "{sig}: {err}");
-        assert!(
-            err.contains("interrupted: temporary files removed"),
-            "{sig}: {err}"
-        );
-        // No process is left to write into the removed staging folder.
-        assert!(
-            !running(pid),
-            "{sig}: pip ({pid}) still runs after envpack ended"
-        );
-        s.assert_no_staging();
+        let pid = pip_pid(&mut child, &pid_file, &s, sig);
+        interrupt_pip(child, sig, pid, &s);
         assert!(!out.exists());
         let left = partials(s.path());
         assert!(left.is_empty(), "{sig}: {left:?}");
@@ -972,35 +984,13 @@ fn an_interrupted_lock_stops_pip_and_leaves_no_lock_and_no_staging() {
     let start = |sig: &str| {
         let _ = std::fs::remove_file(&pid_file);
         let mut child = lock().spawn().unwrap();
-        wait_for(&mut child, "pip started", || pid_file.exists());
-        let pid: u32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(running(pid), "{sig}");
-        assert!(
-            !snapshot(&s.work()).is_empty(),
-            "{sig}: pip runs without a staging prefix"
-        );
+        let pid = pip_pid(&mut child, &pid_file, &s, sig);
         (child, pid)
     };
     for sig in ["INT", "TERM"] {
         let _leftover = KillLeftover(pid_file.clone());
         let (child, pid) = start(sig);
-        signal(&child, sig);
-        let o = child.wait_with_output().unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(interrupted_code(sig)), "{sig}: {err}");
-        assert!(
-            err.contains("interrupted: temporary files removed"),
-            "{sig}: {err}"
-        );
-        assert!(
-            !running(pid),
-            "{sig}: pip ({pid}) still runs after envpack ended"
-        );
-        s.assert_no_staging();
+        interrupt_pip(child, sig, pid, &s);
         // No lock, no partial lock: the folder holds the environment file only.
         assert_eq!(snapshot(&s.proj()), before, "{sig}");
     }
