@@ -474,30 +474,44 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
         );
         support::kept_work_folder(&work).join("env")
     };
-    let conda_pack_it = |name: &str, prefix: &Path, extra: &[&str]| -> PathBuf {
-        let out = dir.path().join(name).join("conda-pack.tar.gz");
+    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
+    let target = base.path().join("env");
+    // Packs `prefix` with conda-pack (`extra`: its flags), unpacks the tarball both ways at
+    // `target` (at least `relocated` files relocated), runs `script` there with bash
+    // (conda-pack's `bin/activate` knows bash and zsh, not dash) and requires each of
+    // `expected` in what it prints. Leaves envpack's tree at `target`.
+    let check = |name: &str,
+                 prefix: &Path,
+                 extra: &[&str],
+                 relocated: u64,
+                 script: &str,
+                 expected: &[&str]|
+     -> Result<(), Failed> {
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        let tarball = dir.path().join(name).join("conda-pack.tar.gz");
         run_ok(
             Command::new(&conda_pack)
                 .arg("-p")
                 .arg(prefix)
                 .arg("-o")
-                .arg(&out)
+                .arg(&tarball)
                 .arg("-q")
                 .args(extra),
         );
-        out
-    };
-    let base = tempfile::Builder::new().prefix("ep").tempdir_in("/tmp")?;
-    let target = base.path().join("env");
-    // conda-pack's `bin/activate` knows bash and zsh, not dash.
-    let sh = |script: &str| -> String {
+        unpack_both_ways("conda-pack", &tarball, &target, relocated)?;
         let out = run_ok(
             Command::new("bash")
                 .arg("-c")
                 .arg(script)
                 .current_dir(&target),
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = String::from_utf8_lossy(&out.stdout);
+        for e in expected {
+            ensure(out.contains(e), format!("{name}: {e:?} not in:\n{out}"))?;
+        }
+        Ok(())
     };
 
     // basic_python.
@@ -511,47 +525,38 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
     for stray in ["bin/activate", "bin/deactivate", "bin/conda"] {
         std::fs::write(prefix.join(stray), "")?;
     }
-    let tarball = conda_pack_it("basic_python", &prefix, &[]);
-    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
-    let out = sh(
+    let prefix_shown = target.display().to_string();
+    check(
+        "basic_python",
+        &prefix,
+        &[],
+        10,
         ". bin/activate && conda-pack-test-lib1 && conda-pack-test-lib2 && cowsay -t moo && python -c 'import sys; print(sys.prefix)'",
-    );
-    for expected in [
-        "conda_pack_test_lib1 ok",
-        "conda_pack_test_lib2 ok",
-        "moo",
-        &target.display().to_string(),
-    ] {
-        ensure(
-            out.contains(expected),
-            format!("basic_python: {expected:?} not in:\n{out}"),
-        )?;
-    }
+        &[
+            "conda_pack_test_lib1 ok",
+            "conda_pack_test_lib2 ok",
+            "moo",
+            &prefix_shown,
+        ],
+    )?;
     ensure(
         std::fs::read(target.join("bin/conda")).is_err(),
         "basic_python: the stray bin/conda was packed",
     )?;
-    std::fs::remove_dir_all(&target)?;
 
     // basic_python_missing_files. (conda-pack's entry points say `#!/usr/bin/env python3.11`:
     // they run in the environment once it is activated.)
     let prefix = stage("basic_python_missing_files", &lib_deps, &[]);
     let site = prefix.join("lib/python3.11/site-packages/conda_pack_test_lib2");
     std::fs::remove_file(site.join("cli.py"))?;
-    let tarball = conda_pack_it(
+    check(
         "basic_python_missing_files",
         &prefix,
         &["--ignore-missing-files"],
-    );
-    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
-    let out = sh(
+        10,
         ". bin/activate && conda-pack-test-lib1 && test ! -e lib/python3.11/site-packages/conda_pack_test_lib2/cli.py && echo missing-stays-missing",
-    );
-    ensure(
-        out.contains("conda_pack_test_lib1 ok") && out.contains("missing-stays-missing"),
-        format!("basic_python_missing_files:\n{out}"),
+        &["conda_pack_test_lib1 ok", "missing-stays-missing"],
     )?;
-    std::fs::remove_dir_all(&target)?;
 
     // basic_python_editable: a project installed with `pip install -e` (conda-pack's uses
     // `setup.py develop`); conda-pack refuses it unless told to leave editable packages be.
@@ -595,18 +600,14 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
         String::from_utf8_lossy(&refused.stderr).contains("editable"),
         format!("conda-pack did not refuse the editable package: {refused:?}"),
     )?;
-    let tarball = conda_pack_it(
+    check(
         "basic_python_editable",
         &prefix,
         &["--ignore-editable-packages"],
-    );
-    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
-    let out = sh(". bin/activate && python -c 'import editable_lib' && conda-pack-test-lib1");
-    ensure(
-        out.contains("editable_lib ok") && out.contains("conda_pack_test_lib1 ok"),
-        format!("basic_python_editable:\n{out}"),
+        10,
+        ". bin/activate && python -c 'import editable_lib' && conda-pack-test-lib1",
+        &["editable_lib ok", "conda_pack_test_lib1 ok"],
     )?;
-    std::fs::remove_dir_all(&target)?;
 
     // activate_scripts.
     let prefix = stage("activate_scripts", &["python=3.11"], &[]);
@@ -618,25 +619,23 @@ fn conda_packs_test_environments_unpack_as_its_conda_unpack_leaves_them() -> Res
         std::fs::create_dir_all(&folder)?;
         std::fs::write(folder.join("conda_pack_test.sh"), body)?;
     }
-    let tarball = conda_pack_it("activate_scripts", &prefix, &[]);
-    unpack_both_ways("conda-pack", &tarball, &target, 10)?;
-    let out = sh(
+    check(
+        "activate_scripts",
+        &prefix,
+        &[],
+        10,
         ". bin/activate && echo \"on=$CONDAPACK_ACTIVATED\" && . bin/deactivate && echo \"off=${CONDAPACK_ACTIVATED:-unset}\"",
-    );
-    ensure(
-        out.contains("on=1") && out.contains("off=unset"),
-        format!("activate_scripts:\n{out}"),
+        &["on=1", "off=unset"],
     )?;
-    std::fs::remove_dir_all(&target)?;
 
     // nopython.
     let prefix = stage("nopython", &["xz"], &[]);
-    let tarball = conda_pack_it("nopython", &prefix, &[]);
-    unpack_both_ways("conda-pack", &tarball, &target, 1)?;
-    let out = sh("bin/xz --version && grep '^prefix=' lib/pkgconfig/liblzma.pc");
-    ensure(
-        out.contains("xz (XZ Utils)") && out.contains(&format!("prefix={}", target.display())),
-        format!("nopython:\n{out}"),
-    )?;
-    Ok(())
+    check(
+        "nopython",
+        &prefix,
+        &[],
+        1,
+        "bin/xz --version && grep '^prefix=' lib/pkgconfig/liblzma.pc",
+        &["xz (XZ Utils)", &format!("prefix={}", target.display())],
+    )
 }
