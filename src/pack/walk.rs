@@ -96,7 +96,8 @@ pub fn state_variables(prefix: &Path) -> Result<Vec<(String, String)>, PackError
         .unwrap_or_default())
 }
 
-/// Reads the `conda-meta` records of `prefix`.
+/// Reads the `conda-meta` records of `prefix` (not envpack's manifest, which a prefix envpack
+/// unpacked or wrote with `--format dir` holds beside them).
 pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
     let meta = prefix.join("conda-meta");
     if !meta.is_dir() {
@@ -107,7 +108,7 @@ pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
     let mut names: Vec<String> = fs_err::read_dir(&meta)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
+        .filter(|n| n.ends_with(".json") && format!("conda-meta/{n}") != crate::manifest::PATH)
         .collect();
     names.sort();
     let mut records = Records::default();
@@ -627,6 +628,28 @@ impl Tree for Listing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_the_packages_and_not_envpacks_manifest() {
+        let prefix = tempfile::tempdir().unwrap();
+        let meta = prefix.path().join("conda-meta");
+        std::fs::create_dir(&meta).unwrap();
+        std::fs::write(
+            meta.join("six-1.17.0-py_0.json"),
+            r#"{"name": "six", "version": "1.17.0", "build": "py_0", "files": ["a.py"]}"#,
+        )
+        .unwrap();
+        // As a `--format dir` output or an unpacked archive holds it: no name of its own.
+        std::fs::write(
+            meta.join("envpack.json"),
+            r#"{"envpack": "0.1.0", "format": "dir", "packages": [{"name": "six"}]}"#,
+        )
+        .unwrap();
+        let records = read_records(prefix.path()).unwrap();
+        let names: Vec<&str> = records.packages.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["six"]);
+        assert_eq!(records.files.keys().collect::<Vec<_>>(), ["a.py"]);
+    }
 
     #[test]
     fn patterns_match_as_users_expect() {
