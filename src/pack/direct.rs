@@ -485,11 +485,8 @@ fn member_for(
                 .map(|e| e.encode(placeholder))
                 .collect();
             let file = fs_err::File::open(source)?;
-            let scan = relocate::scan_with(
-                std::io::BufReader::with_capacity(256 * 1024, file),
-                &relocate::Needles::one(placeholder.as_bytes()),
-                &wide,
-            )?;
+            let scan =
+                relocate::scan_with(file, &relocate::Needles::one(placeholder.as_bytes()), &wide)?;
             if let Some(reason) = unsupported(&path, placeholder, *mode, &scan, direct) {
                 return Ok(Err(reason));
             }

@@ -995,7 +995,7 @@ fn file_member(
     to: &[u8],
 ) -> Result<Scanned, PackError> {
     let source = prefix.join(&path);
-    let scan = relocate::scan(open_buffered(&source)?, from)?;
+    let scan = relocate::scan(fs_err::File::open(&source)?, from)?;
     decide(
         FileFacts {
             path,
@@ -1013,8 +1013,12 @@ fn file_member(
 }
 
 fn open_buffered(source: &Path) -> Result<std::io::BufReader<fs_err::File>, PackError> {
+    // The default 8 KiB: `relocate::apply` reads a shebang byte by byte, everything else in
+    // large reads that bypass the buffer. A larger buffer costs its size in zeroing at each
+    // open (`fs_err::File` cannot read into uninitialised memory): 256 KiB per file was a
+    // tenth of a scan.
     fs_err::File::open(source)
-        .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
+        .map(std::io::BufReader::new)
         .map_err(PackError::from)
 }
 
@@ -1240,7 +1244,7 @@ fn held_prefix(content: &Content, from: &Needles) -> Result<Option<String>, Pack
         if from.list().len() > 1 {
             let one = Needles::one(needle);
             let count = match content {
-                Content::File(path) => relocate::scan(open_buffered(path)?, &one)?.count,
+                Content::File(path) => relocate::scan(fs_err::File::open(path)?, &one)?.count,
                 Content::Bytes(data) => relocate::scan(&data[..], &one)?.count,
             };
             if count == 0 {
