@@ -15,14 +15,17 @@
 //! output appears complete and the handler says so, or it never appears.
 //!
 //! Child processes that write into a temporary (pip and uv in the staging prefix) run through
-//! [`output`]: each in a process group of its own, which an interrupt kills (and waits for)
-//! before anything is removed, so no process is left writing into a removed folder.
+//! [`output`]: each in a process group of its own, which an interrupt stops (and waits for)
+//! before anything is removed, so no process is left writing into a removed folder. The group
+//! is first sent SIGINT, as Ctrl-C in a terminal would (pip then removes what it made, a build
+//! backend included), and killed when it has not ended within [`CHILD_GRACE`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
@@ -185,10 +188,25 @@ fn wait_exited(pid: Pid) {
     }
 }
 
-/// Kills every registered child's process group and waits until each child has ended.
-/// Holds the registry until the process exits: no child is started after.
+/// How long an interrupted child has to end after SIGINT before its group is killed. Well
+/// within the 10 s `docker stop` leaves between SIGTERM and SIGKILL.
+pub const CHILD_GRACE: Duration = Duration::from_secs(3);
+
+/// Stops every registered child: SIGINT to its process group, then, once each child has ended
+/// or [`CHILD_GRACE`] has passed, SIGKILL to the group (whatever the child left running in it
+/// too), and waits until each child has ended. Holds the registry until the process exits: no
+/// child is started after.
 fn stop_children() {
     let children = CHILDREN.lock().unwrap_or_else(PoisonError::into_inner);
+    for pid in children.iter() {
+        let _ = rustix::process::kill_process_group(*pid, Signal::INT);
+    }
+    let deadline = Instant::now() + CHILD_GRACE;
+    while Instant::now() < deadline && !children.iter().all(|pid| has_exited(*pid)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The group outlives its leader while anything in it runs; the leader, ended but not
+    // reaped, keeps the group's number from being reused.
     for pid in children.iter() {
         let _ = rustix::process::kill_process_group(*pid, Signal::KILL);
     }
@@ -196,6 +214,18 @@ fn stop_children() {
         wait_exited(*pid);
     }
     std::mem::forget(children);
+}
+
+/// Whether the child `pid` has ended (without reaping it).
+fn has_exited(pid: Pid) -> bool {
+    match rustix::process::waitid(
+        WaitId::Pid(pid),
+        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+    ) {
+        Ok(None) | Err(rustix::io::Errno::INTR) => false,
+        // Ended (or reaped already: ECHILD).
+        _ => true,
+    }
 }
 
 /// Removes every registered path (called on interrupt), after stopping the children that may

@@ -880,10 +880,29 @@ fn blocking_python(pid: &Path, fifo: &Path) -> Package {
         .file("lib/python3.11/site-packages/README.txt", "site-packages\n")
 }
 
+/// A `python` whose `-m pip` writes its PID to `pid` after running `trap` (a shell `trap`
+/// line) and then runs until it is stopped.
+fn looping_python(pid: &Path, trap: &str) -> Package {
+    let pid = pid.display();
+    Package::new("python", "3.11.0").exe(
+        "bin/python",
+        format!(
+            "#!/bin/sh\ncase \"$1\" in -m) ;; *) exit 0 ;; esac\n{trap}\n\
+             echo $$ > '{pid}.tmp' && mv '{pid}.tmp' '{pid}'\n\
+             while :; do sleep 0.05; done\n"
+        ),
+    )
+}
+
 /// A [`Setup`] whose environment has a `pip:` section, its `python` a [`blocking_python`].
 fn pip_setup(pid: &Path, fifo: &Path) -> Setup {
+    pip_env(blocking_python(pid, fifo))
+}
+
+/// A [`Setup`] whose environment has a `pip:` section, run by `python`.
+fn pip_env(python: Package) -> Setup {
     let pip = Package::new("pip", "24.0").file("lib/python3.11/site-packages/pip/__init__.py", "");
-    let s = Setup::new(vec![blocking_python(pid, fifo), pip], &[]);
+    let s = Setup::new(vec![python, pip], &[]);
     std::fs::write(
         s.proj().join("environment.yml"),
         format!(
@@ -937,10 +956,7 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
     run_ok(Command::new("mkfifo").arg(&fifo));
     let s = pip_setup(&pid_file, &fifo);
     // `python -m pip`, not uv: the child is the environment's own interpreter.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path =
-        std::env::join_paths(std::env::split_paths(&path).filter(|p| !p.join("uv").exists()))
-            .unwrap();
+    let path = path_without_uv();
     for sig in ["INT", "TERM"] {
         let _ = std::fs::remove_file(&pid_file);
         let _leftover = KillLeftover(pid_file.clone());
@@ -959,6 +975,59 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
         assert!(!out.exists());
         let left = partials(s.path());
         assert!(left.is_empty(), "{sig}: {left:?}");
+    }
+}
+
+/// `PATH` without uv: envpack then runs `python -m pip`, the environment's own interpreter.
+fn path_without_uv() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::env::split_paths(&path).filter(|p| !p.join("uv").exists())).unwrap()
+}
+
+#[test]
+fn an_interrupted_pip_is_asked_to_stop_and_killed_only_when_it_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let (pid_file, asked) = (d.path().join("pip.pid"), d.path().join("asked"));
+    let cases = [
+        (
+            "handles SIGINT",
+            format!(
+                "trap 'echo cleaned up > \"{}\"; exit 130' INT",
+                asked.display()
+            ),
+        ),
+        ("ignores SIGINT", "trap '' INT".to_string()),
+    ];
+    for (case, trap) in cases {
+        let _ = std::fs::remove_file(&pid_file);
+        let _leftover = KillLeftover(pid_file.clone());
+        let s = pip_env(looping_python(&pid_file, &trap));
+        let mut child = s
+            .pack(&["-o"])
+            .arg(s.path().join("env.tar.gz"))
+            .arg("--cache-dir")
+            .arg(s.path().join("cache"))
+            .env("PATH", path_without_uv())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = pip_pid(&mut child, &pid_file, &s, case);
+        let start = std::time::Instant::now();
+        interrupt_pip(child, "TERM", pid, &s);
+        if std::fs::exists(&asked).unwrap() {
+            // It was sent SIGINT and ran its handler before anything was removed.
+            assert_eq!(case, "handles SIGINT");
+            assert_eq!(std::fs::read_to_string(&asked).unwrap(), "cleaned up\n");
+            std::fs::remove_file(&asked).unwrap();
+        } else {
+            assert_eq!(case, "ignores SIGINT", "pip was not asked to stop");
+            // Killed, but only once its time to end (3 s) had passed.
+            assert!(
+                start.elapsed() >= std::time::Duration::from_secs(3),
+                "{case}: killed after {:?}",
+                start.elapsed()
+            );
+        }
     }
 }
 
