@@ -1056,7 +1056,7 @@ fn an_interrupted_lock_stops_pip_and_leaves_no_lock_and_no_staging() {
         let pid = pip_pid(&mut child, &pid_file, &s, sig);
         (child, pid)
     };
-    for sig in ["INT", "TERM"] {
+    for sig in ["INT", "TERM", "HUP"] {
         let _leftover = KillLeftover(pid_file.clone());
         let (child, pid) = start(sig);
         interrupt_pip(child, sig, pid, &s);
@@ -1161,6 +1161,7 @@ fn interrupts_while_unpack_extracts_or_relocates_leave_no_dest_and_no_temporary(
         (UnpackAt::Extracting, "TERM"),
         (UnpackAt::Relocating, "INT"),
         (UnpackAt::Relocating, "TERM"),
+        (UnpackAt::Relocating, "HUP"),
     ] {
         let point = format!("{at:?} {sig}");
         let before = snapshot(d.path());
