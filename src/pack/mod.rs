@@ -769,7 +769,7 @@ fn check(
             editable.join(", ")
         )));
     }
-    let missing: Vec<String> = walk::missing_files(prefix, records)
+    let missing: Vec<String> = walk::missing_files(prefix, records, found)
         .into_iter()
         .filter(|p| walk::included(p, &options.filters))
         .collect();

@@ -227,8 +227,9 @@ pub fn walk(prefix: &Path, filters: &[Filter]) -> Result<Walked, PackError> {
                 }
                 continue;
             };
-            let path = entry.path();
-            let meta = fs_err::symlink_metadata(&path)?;
+            // `fstatat` on the open folder, not following a symlink: no walk of the whole
+            // path for each of an environment's ten thousand entries.
+            let meta = entry.metadata()?;
             children.push((name, meta));
         }
         children.sort_by(|a, b| a.0.cmp(&b.0));
@@ -456,14 +457,20 @@ pub fn editable_installs(found: &[Found], read: impl Fn(&str) -> Option<String>)
     out
 }
 
-/// Managed paths that are not in the tree (checked with `lstat`, so a symlink such as
-/// Python's `lib/python3.1` counts as present whatever it points to).
+/// Managed paths that are not in the tree: neither among what the walk `found` nor there to
+/// `lstat` (so a symlink such as Python's `lib/python3.1` counts as present whatever it points
+/// to).
 #[must_use]
-pub fn missing_files(prefix: &Path, records: &Records) -> Vec<String> {
+pub fn missing_files(prefix: &Path, records: &Records, found: &[Found]) -> Vec<String> {
+    let walked: BTreeSet<&str> = found.iter().map(|f| f.path.as_str()).collect();
     records
         .files
         .keys()
-        .filter(|p| std::fs::symlink_metadata(prefix.join(p)).is_err())
+        // Looked up on disk only when the walk did not see it: a record may name a path
+        // through a symlinked folder, which the walk does not follow.
+        .filter(|p| {
+            !walked.contains(p.as_str()) && std::fs::symlink_metadata(prefix.join(p)).is_err()
+        })
         .cloned()
         .collect()
 }
@@ -649,6 +656,30 @@ mod tests {
         let names: Vec<&str> = records.packages.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["six"]);
         assert_eq!(records.files.keys().collect::<Vec<_>>(), ["a.py"]);
+    }
+
+    #[test]
+    fn missing_files_are_those_neither_walked_nor_on_disk() {
+        let prefix = tempfile::tempdir().unwrap();
+        let p = prefix.path();
+        std::fs::create_dir_all(p.join("conda-meta")).unwrap();
+        std::fs::create_dir(p.join("lib")).unwrap();
+        std::fs::write(p.join("lib/libfoo.so"), "x").unwrap();
+        std::os::unix::fs::symlink("lib", p.join("lib64")).unwrap();
+        let mut records = Records::default();
+        for path in ["lib/libfoo.so", "lib64/libfoo.so", "lib/gone.so", "lib64"] {
+            records.files.insert(
+                path.to_string(),
+                Managed {
+                    placeholder: None,
+                    binary: false,
+                },
+            );
+        }
+        let walked = walk(p, &[]).unwrap();
+        // The path through the symlinked folder is not walked but is there.
+        assert!(!walked.found.iter().any(|f| f.path == "lib64/libfoo.so"));
+        assert_eq!(missing_files(p, &records, &walked.found), ["lib/gone.so"]);
     }
 
     #[test]
