@@ -235,15 +235,7 @@ fn model_tarballs(models: &Path) -> Result<Vec<PathBuf>, Failed> {
 /// with the highest `GLIBC_2.N` that `readelf -V` lists among their needs, most demanding
 /// first, then by name.
 fn glibc_needs(root: &Path, max: &str) -> Result<Vec<(String, u32)>, Failed> {
-    let minor = |v: &str| -> Option<u32> {
-        let digits: String = v
-            .strip_prefix("2.")?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    let limit = minor(max).ok_or_else(|| format!("--glibc {max}: not 2.N"))?;
+    let limit = support::glibc_minor(max).ok_or_else(|| format!("--glibc {max}: not 2.N"))?;
     let mut elves = Vec::new();
     for entry in support::tree(root) {
         let mut magic = [0u8; 4];

@@ -266,18 +266,21 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// `N` of a glibc version `2.N` (what follows the digits, as in `2.34)`, is ignored).
+#[must_use]
+pub fn glibc_minor(version: &str) -> Option<u32> {
+    let digits: String = version
+        .strip_prefix("2.")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// The highest `GLIBC_2.N` (`N`) each of `files` needs, as `readelf -V` lists its version
 /// needs (a library's own definitions, ld.so's `GLIBC_2.35` among them, are not needs); files
 /// that need none are left out.
 pub fn readelf_glibc_needs(files: &[PathBuf]) -> std::collections::BTreeMap<PathBuf, u32> {
-    let minor = |v: &str| -> Option<u32> {
-        let digits: String = v
-            .strip_prefix("2.")?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
     let mut needs = std::collections::BTreeMap::new();
     for chunk in files.chunks(200) {
         let out = run_ok(Command::new("readelf").args(["-V", "-W"]).args(chunk));
@@ -296,7 +299,7 @@ pub fn readelf_glibc_needs(files: &[PathBuf]) -> std::collections::BTreeMap<Path
                 .nth(1)
                 .filter(|_| in_needs)
                 .and_then(|v| v.split_whitespace().next())
-                .and_then(minor)
+                .and_then(glibc_minor)
             {
                 let e: &mut u32 = needs.entry(file.clone()).or_default();
                 *e = (*e).max(m);
