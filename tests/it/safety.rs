@@ -894,9 +894,15 @@ fn looping_python(pid: &Path, trap: &str) -> Package {
     )
 }
 
-/// A [`Setup`] whose environment has a `pip:` section, its `python` a [`blocking_python`].
-fn pip_setup(pid: &Path, fifo: &Path) -> Setup {
-    pip_env(blocking_python(pid, fifo))
+/// A [`Setup`] whose environment has a `pip:` section, its `python` a [`blocking_python`]
+/// writing its PID to `pip.pid` and blocked on the FIFO `pip.fifo`, both in the returned
+/// folder (kept alive with the setup).
+fn pip_setup_blocked() -> (tempfile::TempDir, PathBuf, PathBuf, Setup) {
+    let d = tempfile::tempdir().unwrap();
+    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let s = pip_env(blocking_python(&pid_file, &fifo));
+    (d, pid_file, fifo, s)
 }
 
 /// A [`Setup`] whose environment has a `pip:` section, run by `python`.
@@ -951,25 +957,12 @@ fn interrupt_pip(child: std::process::Child, sig: &str, pid: u32, s: &Setup) {
 
 #[test]
 fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
-    let d = tempfile::tempdir().unwrap();
-    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
-    run_ok(Command::new("mkfifo").arg(&fifo));
-    let s = pip_setup(&pid_file, &fifo);
-    // `python -m pip`, not uv: the child is the environment's own interpreter.
-    let path = path_without_uv();
+    let (_d, pid_file, _, s) = pip_setup_blocked();
     for sig in ["INT", "TERM"] {
         let _ = std::fs::remove_file(&pid_file);
         let _leftover = KillLeftover(pid_file.clone());
         let out = s.path().join("env.tar.gz");
-        let mut child = s
-            .pack(&["-o"])
-            .arg(&out)
-            .arg("--cache-dir")
-            .arg(s.path().join("cache"))
-            .env("PATH", &path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = pack_with_pip(&s, &out);
         let pid = pip_pid(&mut child, &pid_file, &s, sig);
         interrupt_pip(child, sig, pid, &s);
         assert!(!out.exists());
@@ -978,10 +971,21 @@ fn an_interrupt_while_pip_runs_stops_it_and_removes_staging() {
     }
 }
 
-/// `PATH` without uv: envpack then runs `python -m pip`, the environment's own interpreter.
-fn path_without_uv() -> std::ffi::OsString {
+/// Starts packing `s` (its `pip:` section) into `out`, with uv kept off `PATH`: envpack then
+/// runs `python -m pip`, the environment's own interpreter, as the child.
+fn pack_with_pip(s: &Setup, out: &Path) -> std::process::Child {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::join_paths(std::env::split_paths(&path).filter(|p| !p.join("uv").exists())).unwrap()
+    let path =
+        std::env::join_paths(std::env::split_paths(&path).filter(|p| !p.join("uv").exists()))
+            .unwrap();
+    s.pack(&["-o"])
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(s.path().join("cache"))
+        .env("PATH", path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -1002,15 +1006,7 @@ fn an_interrupted_pip_is_asked_to_stop_and_killed_only_when_it_does_not() {
         let _ = std::fs::remove_file(&pid_file);
         let _leftover = KillLeftover(pid_file.clone());
         let s = pip_env(looping_python(&pid_file, &trap));
-        let mut child = s
-            .pack(&["-o"])
-            .arg(s.path().join("env.tar.gz"))
-            .arg("--cache-dir")
-            .arg(s.path().join("cache"))
-            .env("PATH", path_without_uv())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = pack_with_pip(&s, &s.path().join("env.tar.gz"));
         let pid = pip_pid(&mut child, &pid_file, &s, case);
         let start = std::time::Instant::now();
         interrupt_pip(child, "TERM", pid, &s);
@@ -1033,10 +1029,7 @@ fn an_interrupted_pip_is_asked_to_stop_and_killed_only_when_it_does_not() {
 
 #[test]
 fn an_interrupted_lock_stops_pip_and_leaves_no_lock_and_no_staging() {
-    let d = tempfile::tempdir().unwrap();
-    let (pid_file, fifo) = (d.path().join("pip.pid"), d.path().join("pip.fifo"));
-    run_ok(Command::new("mkfifo").arg(&fifo));
-    let s = pip_setup(&pid_file, &fifo);
+    let (_d, pid_file, fifo, s) = pip_setup_blocked();
     let lock_file = s.proj().join("conda-lock.yml");
     let lock = || {
         let mut c = envpack();
