@@ -108,7 +108,7 @@ pub fn read_records(prefix: &Path) -> Result<Records, PackError> {
     let mut names: Vec<String> = fs_err::read_dir(&meta)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json") && format!("conda-meta/{n}") != crate::manifest::PATH)
+        .filter(|n| crate::manifest::is_record(&format!("conda-meta/{n}")))
         .collect();
     names.sort();
     let mut records = Records::default();
