@@ -95,6 +95,14 @@ impl Drop for FolderGuard {
     }
 }
 
+/// Removes the folders `made` (outermost first, as [`create_folder`] made them), innermost
+/// first, each only if it is empty: what a failed run made for its output and left empty.
+pub fn remove_made(made: &[FolderGuard]) {
+    for f in made.iter().rev() {
+        let _ = std::fs::remove_dir(f.path());
+    }
+}
+
 /// Makes the folder `path` (its parent must exist) and registers it, in one step, to be
 /// removed on interrupt if it is empty then (after the temporaries): a missing parent of an
 /// output. Never removed when it holds anything, such as a complete output or another

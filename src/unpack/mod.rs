@@ -313,9 +313,7 @@ pub fn unpack(
         })
     })();
     if result.is_err() {
-        for d in created.iter().rev() {
-            let _ = std::fs::remove_dir(d.path());
-        }
+        crate::cleanup::remove_made(&created);
     }
     result
 }
@@ -386,9 +384,7 @@ fn create_parents(parent: &Path) -> Result<Vec<crate::cleanup::FolderGuard>, Unp
         match crate::cleanup::create_folder(&d) {
             Ok(guard) => created.push(guard),
             Err(source) => {
-                for c in created.iter().rev() {
-                    let _ = std::fs::remove_dir(c.path());
-                }
+                crate::cleanup::remove_made(&created);
                 return Err(UnpackError::Write { path: d, source });
             }
         }
